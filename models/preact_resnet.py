@@ -1,0 +1,68 @@
+"""PreAct ResNet-18 (He et al. 2016, "Identity Mappings"), the usual fast-AT CIFAR network.
+
+BatchNorm–ReLU before each convolution; in the conditioned version every BatchNorm is followed by
+FiLM (they are all on the main path: the projection shortcut has no norm of its own).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from oat.conditioning import Conditioning, ConditioningConfig
+from oat.network import LambdaNetwork
+
+from .registry import register
+from .resnet import CIFAR_MEAN, CIFAR_STD
+
+
+class PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm):
+        super().__init__()
+        self.bn1 = norm(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut_conv = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        out = F.relu(self.bn1(x, cond))
+        shortcut = x if self.shortcut_conv is None else self.shortcut_conv(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out, cond)))
+        return out + shortcut
+
+
+@register("preact_resnet18")
+class PreActResNet18(LambdaNetwork):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        conditioning: ConditioningConfig | None = None,
+        in_channels: int = 3,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    ):
+        super().__init__(num_classes, in_channels, conditioning, mean, std)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        blocks, in_planes = [], 64
+        for stage in range(4):
+            planes = 64 * 2**stage
+            for index in range(2):
+                blocks.append(PreActBlock(in_planes, planes, 2 if (stage > 0 and index == 0) else 1, self.norm))
+                in_planes = planes
+        self.blocks = nn.ModuleList(blocks)
+        self.bn = self.norm(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        x = self.conv1(x)
+        for block in self.blocks:
+            x = block(x, cond)
+        return F.relu(self.bn(x, cond))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))

@@ -1,0 +1,95 @@
+"""Wide ResNets WRN-d-k (Zagoruyko & Komodakis 2016): WRN-16-8 (SVHN), WRN-40-2 (STL-10, 96×96),
+WRN-34-10 (the TRADES / RobustBench CIFAR standard).
+
+Pre-activation blocks, (d − 4) / 6 per group, widths 16·k, 32·k, 64·k; global average pooling,
+so any input size works. Every BatchNorm is on the main path and FiLM-modulated when conditioned.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from oat.conditioning import Conditioning, ConditioningConfig
+from oat.network import LambdaNetwork
+
+from .registry import register
+from .resnet import CIFAR_MEAN, CIFAR_STD
+
+
+class WideBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int, norm, dropout: float):
+        super().__init__()
+        self.bn1 = norm(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = norm(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.dropout = dropout
+        self.shortcut_conv = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        out = F.relu(self.bn1(x, cond))
+        shortcut = x if self.shortcut_conv is None else self.shortcut_conv(out)
+        out = F.relu(self.bn2(self.conv1(out), cond))
+        if self.dropout:
+            out = F.dropout(out, self.dropout, self.training)
+        return self.conv2(out) + shortcut
+
+
+class WideResNet(LambdaNetwork):
+    def __init__(
+        self,
+        depth: int,
+        widen: int,
+        num_classes: int = 10,
+        conditioning: ConditioningConfig | None = None,
+        in_channels: int = 3,
+        dropout: float = 0.0,
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+    ):
+        super().__init__(num_classes, in_channels, conditioning, mean, std)
+        if (depth - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
+        per_group = (depth - 4) // 6
+        widths = [16, 16 * widen, 32 * widen, 64 * widen]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        blocks, in_planes = [], widths[0]
+        for group, planes in enumerate(widths[1:]):
+            for index in range(per_group):
+                stride = 2 if (group > 0 and index == 0) else 1
+                blocks.append(WideBlock(in_planes, planes, stride, self.norm, dropout))
+                in_planes = planes
+        self.blocks = nn.ModuleList(blocks)
+        self.bn = self.norm(in_planes)
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        x = self.conv1(x)
+        for block in self.blocks:
+            x = block(x, cond)
+        return F.relu(self.bn(x, cond))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+
+@register("wrn16_8")
+class WRN16_8(WideResNet):
+    def __init__(self, **options):
+        super().__init__(16, 8, **options)
+
+
+@register("wrn40_2")
+class WRN40_2(WideResNet):
+    def __init__(self, **options):
+        super().__init__(40, 2, **options)
+
+
+@register("wrn34_10")
+class WRN34_10(WideResNet):
+    def __init__(self, **options):
+        super().__init__(34, 10, **options)

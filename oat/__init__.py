@@ -1,0 +1,35 @@
+"""oat — once-for-all adversarial training.
+
+One network f(x; λ) conditioned on the trade-off weight λ ∈ [0, 1]: pick the accuracy/robustness
+trade-off at inference instead of retraining. See README.md for the tour.
+"""
+
+__version__ = "0.1.0"
+
+from .conditioning import (  # noqa: E402
+    CategoricalEncoder,
+    Conditioning,
+    ConditioningConfig,
+    DualBatchNorm,
+    FiLM,
+    LambdaNorm,
+    SinusoidalEncoder,
+)
+from .lam import as_lambda  # noqa: E402
+from .network import FixedLambda, LambdaNetwork, fix_lambda, init_from_plain  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "as_lambda",
+    "CategoricalEncoder",
+    "Conditioning",
+    "ConditioningConfig",
+    "DualBatchNorm",
+    "FiLM",
+    "FixedLambda",
+    "LambdaNetwork",
+    "LambdaNorm",
+    "SinusoidalEncoder",
+    "fix_lambda",
+    "init_from_plain",
+]

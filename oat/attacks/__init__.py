@@ -1,0 +1,29 @@
+"""Attacks: λ-aware, eval-mode, ``autograd.grad``-based, projecting the iterate every step.
+
+>>> from oat.attacks import PGD
+>>> x_adv = PGD(eps=8 / 255, steps=20, restarts=2, seed=0)(model, x, y, lam=0.3)
+
+Every attack is called as ``attack(model, x, y, lam)`` with ``lam`` a float, a tensor ``[B]``
+(one λ per example), or None for a plain ``model(x)``. :func:`autoattack` wraps the
+``pyautoattack`` package at one λ; :func:`fosc` measures how well an inner maximisation was solved.
+"""
+
+from .autoattack import AutoAttackResult, autoattack
+from .base import Attack
+from .cw import CW
+from .fgsm import FGSM
+from .fosc import fosc
+from .pgd import PGD, reference_step_size
+from .trades import TradesKL
+
+__all__ = [
+    "Attack",
+    "AutoAttackResult",
+    "CW",
+    "FGSM",
+    "PGD",
+    "TradesKL",
+    "autoattack",
+    "fosc",
+    "reference_step_size",
+]

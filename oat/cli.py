@@ -1,0 +1,158 @@
+"""The ``oat`` command.
+
+User errors (bad input, missing files) are raised as :class:`UserError` and printed as one line
+with exit code 2 — no traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+
+class UserError(Exception):
+    """A problem with what the user asked for: reported in one line, exit code 2."""
+
+
+def _float_list(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--lambdas must be comma-separated numbers, got {text!r}") from None
+    for value in values:
+        if not 0.0 <= value <= 1.0:  # also refuses NaN
+            raise UserError(f"λ must lie in [0, 1], got {value:g} in --lambdas")
+    if not values:
+        raise UserError("--lambdas is empty")
+    return values
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .trainer import train
+
+    if args.resume:
+        if args.out is None:
+            raise UserError("--resume needs --out DIR (the run directory to continue)")
+        if args.set:
+            raise UserError("--set cannot change a run being resumed; its saved config is used")
+        config = None
+    else:
+        if args.config is None:
+            raise UserError("--config FILE is required (see configs/ for examples)")
+        config = load_config(args.config, args.set)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    path = train(config, out, resume=args.resume, show_progress=not args.quiet)
+    if not args.quiet:
+        print(f"checkpoint: {path}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from . import datasets
+    from .evaluation import evaluate, print_table
+    from .runs import default_lambdas, load_run
+
+    model, state = load_run(args.checkpoint, args.device)
+    lambdas = _float_list(args.lambdas) if args.lambdas else default_lambdas(state)
+    attacks = [a for a in args.attacks.split(",") if a.strip()] if args.attacks else state["config"]["eval"]["attacks"]
+    eps = state["eps"] if args.eps is None else args.eps
+    if not eps >= 0:
+        raise UserError(f"--eps must be a non-negative number, got {eps}")
+    data = state["config"]["data"]
+    try:
+        splits = datasets.load(data["name"], root=args.data_root or data["root"], **data["options"])
+    except FileNotFoundError as error:
+        raise UserError(str(error).splitlines()[0]) from None
+    n = args.n if args.n is not None else state["config"]["eval"]["n"]
+    if n is not None and n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    try:
+        result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=args.seed,
+                          batch_size=args.batch_size, show_progress=not args.quiet)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    result["checkpoint"] = str(args.checkpoint)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out)
+    print_table(result)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oat",
+        description=(
+            "Once-for-all adversarial training: train one network conditioned on the "
+            "accuracy/robustness trade-off λ ∈ [0, 1], then pick λ at inference."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"oat {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train an OAT model or a dedicated baseline from a YAML config",
+        description="Train from a YAML config (see configs/). The run directory gets config.yaml, "
+                    "checkpoint.pt (every epoch, atomically) and metrics.jsonl.")
+    train.add_argument("--config", help="YAML config file")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=5 (repeatable)")
+    train.add_argument("--out", help="run directory (default runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--quiet", action="store_true", help="no progress output")
+    train.set_defaults(run=cmd_train)
+
+    ev = commands.add_parser(
+        "eval", help="evaluate one checkpoint at several λ with several attacks",
+        description="Clean and robust accuracy of one checkpoint at each λ; writes eval.json beside the "
+                    "checkpoint (or --out) and prints a table.")
+    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt (or its run directory)")
+    ev.add_argument("--lambdas", help="comma-separated λ values (default: training values plus 0.05,0.25,0.5,0.7,0.9)")
+    ev.add_argument("--attacks", help="comma-separated: fgsm, pgd-N, pgd-NxR, cw-N, autoattack, apgd "
+                                      "(default: the config's eval.attacks)")
+    ev.add_argument("--eps", type=float, help="L∞ radius (default: the training ε)")
+    ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples")
+    ev.add_argument("--seed", type=int, default=0, help="seed of the subset and the attacks' random starts")
+    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    ev.add_argument("--data-root", help="where the dataset lives (default: the training config's)")
+    ev.add_argument("--out", help="output JSON (default: eval.json beside the checkpoint)")
+    ev.add_argument("--quiet", action="store_true", help="no progress output")
+    ev.set_defaults(run=cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .trainer import TrainingDiverged
+
+    try:
+        return args.run(args)
+    except (UserError, ConfigError, CheckpointError) as error:
+        print(f"oat: error: {error}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as error:
+        print(f"oat: training stopped: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("oat: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""λ-conditioning: encoders of λ, FiLM, and per-example dual BatchNorm.
+
+OAT (Wang et al., NeurIPS 2020) conditions one network on the trade-off weight λ in two ways:
+
+* **FiLM** after a BatchNorm: ``out = γ(λ) ⊙ h + β(λ)`` with per-channel γ, β produced by a small
+  MLP from an encoding of λ. Here γ = 1 + Δγ and the MLP's last layer starts at zero, so a fresh
+  conditioned network computes exactly what its plain twin with the same weights computes.
+* **Dual BatchNorm**: examples with λ = 0 are normalised by ``bn_clean``, examples with λ > 0 by
+  ``bn_adv`` — for their clean and their adversarial forward pass alike. Routing is per example
+  with index sets computed once per forward (never an integer split of the batch, which breaks
+  as soon as the batch is shuffled or sharded), in train and eval mode, and only the BN an
+  example used sees it, so only its running statistics move.
+
+Everything the encoders hold (the random orthogonal table included) is a registered buffer, so a
+saved and reloaded model conditions identically — the reference implementation regenerated its
+random encoding on resume.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+import torch.nn as nn
+
+REFERENCE_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
+
+
+@dataclass(frozen=True)
+class ConditioningConfig:
+    """How a conditioned network reads λ.
+
+    encoding: ``"sinusoidal"`` (continuous, default: every λ in [0, 1] means something) or
+        ``"categorical"`` (the reference: a row of a fixed random orthogonal matrix per training λ).
+    code_dim: size of the λ encoding (the reference's categorical encoding uses 128).
+    film: FiLM after every main-path BatchNorm; ``False`` leaves only the dual BN.
+    film_width: hidden width of each FiLM MLP.
+    dual_bn: separate BatchNorms for λ = 0 and λ > 0; ``False`` is the single-BN ablation.
+    lambdas: the training λ values a categorical encoding knows.
+    seed: seed of the categorical encoding's random matrix.
+    """
+
+    encoding: str = "sinusoidal"
+    code_dim: int = 16
+    film: bool = True
+    film_width: int = 64
+    dual_bn: bool = True
+    lambdas: tuple[float, ...] = REFERENCE_LAMBDAS
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.encoding not in ENCODERS:
+            raise ValueError(
+                f"unknown λ encoding {self.encoding!r}; choose one of {sorted(ENCODERS)}"
+            )
+        if self.code_dim < 1 or self.film_width < 1:
+            raise ValueError("code_dim and film_width must be positive")
+        object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
+
+
+class Conditioning(NamedTuple):
+    """What a conditioned layer needs to know about the batch's λ, computed once per forward.
+
+    lam: λ per example, shape [B]. code: the λ encoding, shape [B, code_dim].
+    n_clean: how many examples have λ = 0. order / inverse: a permutation putting the λ = 0
+    examples first, and its inverse (only set when the batch mixes both kinds).
+    """
+
+    lam: torch.Tensor
+    code: torch.Tensor
+    n_clean: int
+    order: torch.Tensor | None
+    inverse: torch.Tensor | None
+
+    @classmethod
+    def build(cls, lam: torch.Tensor, code: torch.Tensor) -> "Conditioning":
+        clean = lam == 0
+        n_clean = int(clean.sum())  # one device sync per forward, not one per layer
+        order = inverse = None
+        if 0 < n_clean < lam.shape[0]:
+            order = torch.cat([clean.nonzero().squeeze(1), (~clean).nonzero().squeeze(1)])
+            inverse = torch.empty_like(order)
+            inverse[order] = torch.arange(order.numel(), device=order.device)
+        return cls(lam, code, n_clean, order, inverse)
+
+
+class SinusoidalEncoder(nn.Module):
+    """Continuous λ encoding: ``[sin(πkλ), cos(πkλ)]`` for k = 1 … dim/2 (plus λ if dim is odd).
+
+    Smooth in λ and injective on [0, 1] (cos(πλ) alone is), so λ values never seen in training
+    interpolate between those that were.
+    """
+
+    def __init__(self, dim: int = 16):
+        super().__init__()
+        self.dim = dim
+        self.register_buffer("frequencies", math.pi * torch.arange(1, dim // 2 + 1).float())
+
+    def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        angles = lam[:, None] * self.frequencies
+        parts = [torch.sin(angles), torch.cos(angles)]
+        if self.dim % 2:
+            parts.append(lam[:, None])
+        return torch.cat(parts, dim=1)
+
+
+class CategoricalEncoder(nn.Module):
+    """The reference's encoding: λ's position in the training set of λ values picks a row of a
+    fixed random orthogonal matrix. λ values outside that set have no encoding (ValueError)."""
+
+    def __init__(self, lambdas: Sequence[float] = REFERENCE_LAMBDAS, dim: int = 128, seed: int = 0):
+        super().__init__()
+        if len(lambdas) > dim:
+            raise ValueError(f"categorical encoding of {len(lambdas)} λ values needs code_dim ≥ {len(lambdas)}")
+        self.dim = dim
+        generator = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+        self.register_buffer("lambdas", torch.tensor(list(lambdas), dtype=torch.float32))
+        self.register_buffer("table", q[: len(lambdas)].contiguous())
+
+    def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        distance, index = (lam[:, None] - self.lambdas[None, :]).abs().min(dim=1)
+        if bool((distance > 1e-6).any()):
+            unknown = sorted({round(v, 6) for v in lam[distance > 1e-6].tolist()})
+            raise ValueError(
+                f"λ values {unknown} have no categorical encoding; it knows only "
+                f"{[round(v, 6) for v in self.lambdas.tolist()]} (use encoding='sinusoidal' for unseen λ)"
+            )
+        return self.table[index]
+
+
+ENCODERS: dict[str, Callable[[ConditioningConfig], nn.Module]] = {
+    "sinusoidal": lambda cfg: SinusoidalEncoder(cfg.code_dim),
+    "categorical": lambda cfg: CategoricalEncoder(cfg.lambdas, cfg.code_dim, cfg.seed),
+}
+
+
+def make_encoder(config: ConditioningConfig) -> nn.Module:
+    return ENCODERS[config.encoding](config)
+
+
+class FiLM(nn.Module):
+    """Feature-wise linear modulation ``h ↦ (1 + Δγ(c)) ⊙ h + β(c)`` from a λ code ``c``.
+
+    MLP: Linear(code_dim → width) – LeakyReLU – Linear(width → 2·channels), the last layer
+    zero-initialised so that FiLM starts as the identity.
+    """
+
+    def __init__(self, channels: int, code_dim: int, width: int = 64):
+        super().__init__()
+        self.channels = channels
+        self.mlp = nn.Sequential(
+            nn.Linear(code_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, 2 * channels)
+        )
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        delta_gamma, beta = self.mlp(code).chunk(2, dim=1)
+        shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
+        return torch.addcmul(beta.reshape(shape), h, 1 + delta_gamma.reshape(shape))
+
+
+class BatchNorm2d(nn.BatchNorm2d):
+    """The plain networks' BatchNorm: same call signature as the conditioned norm, λ ignored."""
+
+    def forward(self, h: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        return super().forward(h)
+
+
+class BatchNorm1d(nn.BatchNorm1d):
+    """1-D twin of :class:`BatchNorm2d` (λ ignored)."""
+
+    def forward(self, h: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
+        return super().forward(h)
+
+
+class DualBatchNorm(nn.Module):
+    """Two BatchNorms routed per example: λ = 0 → ``bn_clean``, λ > 0 → ``bn_adv``."""
+
+    def __init__(self, channels: int, bn: type[nn.Module] = nn.BatchNorm2d):
+        super().__init__()
+        self.bn_clean = bn(channels)
+        self.bn_adv = bn(channels)
+
+    def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        batch = h.shape[0]
+        if cond.n_clean == batch:
+            return self.bn_clean(h)
+        if cond.n_clean == 0:
+            return self.bn_adv(h)
+        grouped = h.index_select(0, cond.order)
+        clean = self.bn_clean(grouped[: cond.n_clean])
+        adv = self.bn_adv(grouped[cond.n_clean :])
+        return torch.cat([clean, adv]).index_select(0, cond.inverse)
+
+
+class LambdaNorm(nn.Module):
+    """A conditioned network's norm layer: (dual or single) BatchNorm, then FiLM if enabled."""
+
+    def __init__(self, channels: int, config: ConditioningConfig, film: bool = True, dims: int = 2):
+        super().__init__()
+        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
+        if config.dual_bn:
+            self.bn = DualBatchNorm(channels, bn)
+        else:
+            self.bn = bn(channels)
+        self.film = FiLM(channels, config.code_dim, config.film_width) if (film and config.film) else None
+
+    def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        h = self.bn(h, cond) if isinstance(self.bn, DualBatchNorm) else self.bn(h)
+        if self.film is not None:
+            h = self.film(h, cond.code)
+        return h
+
+
+@dataclass
+class NormFactory:
+    """``norm(channels, film=True)`` for an architecture: plain BN, or a :class:`LambdaNorm`.
+
+    Blocks only ever call ``norm(channels)`` (main path, FiLM-modulated) or
+    ``norm(channels, film=False)`` (shortcuts), so one block definition serves both versions.
+    """
+
+    config: ConditioningConfig | None = None
+    dims: int = 2
+
+    def __call__(self, channels: int, film: bool = True) -> nn.Module:
+        if self.config is None:
+            return BatchNorm2d(channels) if self.dims == 2 else BatchNorm1d(channels)
+        return LambdaNorm(channels, self.config, film=film, dims=self.dims)
+
+    def with_dims(self, dims: int) -> "NormFactory":
+        return NormFactory(self.config, dims)
+
+
+def conditioning_overhead(conditioned: nn.Module, plain: nn.Module) -> float:
+    """Extra parameters of a conditioned network relative to its plain twin (0.05 = +5%)."""
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    return count(conditioned) / count(plain) - 1.0

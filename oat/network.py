@@ -1,0 +1,132 @@
+"""The base every oat architecture derives from, and ``fix_lambda`` for outside tools.
+
+A network maps images in [0, 1] and a trade-off weight λ to logits: ``model(x, lam)``.
+Normalisation (mean/std) happens inside, so every attack sees the same [0, 1] box. A plain
+network (a dedicated baseline) accepts and validates λ but does not depend on it; a conditioned
+network encodes λ once per forward and hands the resulting :class:`Conditioning` to every norm.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from .conditioning import Conditioning, ConditioningConfig, NormFactory, make_encoder
+from .lam import as_lambda
+
+
+class LambdaNetwork(nn.Module, ABC):
+    """Base class: subclasses build layers with ``self.norm(channels)`` and implement
+    ``forward_features(x, cond)`` (normalised input → features) and ``forward_head(features)``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        conditioning: ConditioningConfig | None = None,
+        mean: Sequence[float] | float = 0.5,
+        std: Sequence[float] | float = 0.5,
+    ):
+        super().__init__()
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+        self.conditioning = conditioning
+        self.norm = NormFactory(conditioning)
+        self.encoder = make_encoder(conditioning) if conditioning is not None else None
+        self.register_buffer("mean", _per_channel(mean, in_channels))
+        self.register_buffer("std", _per_channel(std, in_channels))
+
+    @property
+    def conditioned(self) -> bool:
+        return self.conditioning is not None
+
+    def condition(self, lam: torch.Tensor) -> Conditioning:
+        return Conditioning.build(lam, self.encoder(lam))
+
+    def forward(self, x: torch.Tensor, lam=None) -> torch.Tensor:
+        """Logits of images ``x`` in [0, 1] at trade-off ``lam`` (float or tensor of shape [B])."""
+        cond = None
+        if self.conditioned:
+            cond = self.condition(as_lambda(lam, x.shape[0], x.device))
+        elif lam is not None:
+            as_lambda(lam, x.shape[0], x.device)  # validate even though a plain net ignores it
+        x = (x - self.mean) / self.std
+        return self.forward_head(self.forward_features(x, cond))
+
+    @abstractmethod
+    def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        """Normalised images → features (before global pooling and the classifier)."""
+
+    @abstractmethod
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Features → logits."""
+
+    def conditioning_dict(self) -> dict | None:
+        """The conditioning settings as a plain dict (for configs and checkpoints)."""
+        return None if self.conditioning is None else asdict(self.conditioning)
+
+
+def _per_channel(value, channels: int) -> torch.Tensor:
+    values = torch.as_tensor(value, dtype=torch.float32).flatten()
+    if values.numel() == 1:
+        values = values.expand(channels)
+    if values.numel() != channels:
+        raise ValueError(f"mean/std has {values.numel()} values for {channels} input channels")
+    return values.reshape(1, channels, 1, 1).clone()
+
+
+class FixedLambda(nn.Module):
+    """A λ-conditioned network with λ fixed: a plain ``nn.Module`` mapping [0, 1] images to
+    logits, as AutoAttack, torchattacks and RobustBench expect."""
+
+    def __init__(self, model: nn.Module, lam: float):
+        super().__init__()
+        as_lambda(lam, 1)  # validates: a float in [0, 1]
+        self.model = model
+        self.lam = float(lam)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x, self.lam)
+
+    def extra_repr(self) -> str:
+        return f"lam={self.lam}"
+
+
+def fix_lambda(model: nn.Module, lam: float) -> FixedLambda:
+    """Return ``model`` at a fixed trade-off ``lam``: ``fix_lambda(model, 0.5)(x) == model(x, 0.5)``."""
+    if isinstance(lam, torch.Tensor):
+        if lam.numel() != 1:
+            raise ValueError("fix_lambda takes one λ value, not one per example")
+        lam = lam.item()
+    return FixedLambda(model, lam)
+
+
+def init_from_plain(conditioned: LambdaNetwork, plain: LambdaNetwork) -> LambdaNetwork:
+    """Copy a plain network's weights into its conditioned twin (both BNs get the plain BN's
+    parameters and statistics; FiLM stays the identity), e.g. to warm-start OAT from a
+    standard-trained model. Every plain tensor must find its place: nothing is dropped silently.
+    """
+    plain_state = plain.state_dict()
+    used: set[str] = set()
+    target = conditioned.state_dict()
+    for key in target:
+        source = key
+        for part in (".bn.bn_clean.", ".bn.bn_adv.", ".bn."):
+            if part in key:
+                source = key.replace(part, ".")
+                break
+        if source in plain_state:
+            if plain_state[source].shape != target[key].shape:
+                raise ValueError(f"shape mismatch for {key}: {list(target[key].shape)} vs {list(plain_state[source].shape)}")
+            target[key] = plain_state[source].clone()
+            used.add(source)
+    missing = sorted(set(plain_state) - used)
+    if missing:
+        raise ValueError(f"plain weights with no place in the conditioned network: {missing[:5]}")
+    conditioned.load_state_dict(target)
+    return conditioned

@@ -1,0 +1,231 @@
+"""λ validation, encoders, FiLM, dual BatchNorm routing, fix_lambda."""
+
+import io
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import models
+import oat
+from oat.conditioning import Conditioning, ConditioningConfig, DualBatchNorm, LambdaNorm
+
+
+# ---------------------------------------------------------------- λ validation
+@pytest.mark.parametrize(
+    "lam, message",
+    [
+        (float("nan"), "NaN"),
+        (1.5, "[0, 1]"),
+        (-0.1, "[0, 1]"),
+        (torch.tensor([0.1, float("nan"), 0.2]), "NaN"),
+        (torch.tensor([0.1, 1.2, 0.2]), "[0, 1]"),
+        (torch.zeros(2), "shape [3]"),
+        (torch.zeros(3, 1), "shape [3]"),
+        ("0.5", "float or a tensor"),
+        (True, "float or a tensor"),
+        (None, "required"),
+    ],
+)
+def test_bad_lambda_is_refused_with_a_named_problem(lam, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        oat.as_lambda(lam, 3)
+
+
+def test_lambda_forms_all_become_one_tensor_per_example():
+    assert oat.as_lambda(0.3, 4).tolist() == pytest.approx([0.3] * 4)
+    assert oat.as_lambda(torch.tensor(1.0), 2).tolist() == [1.0, 1.0]
+    assert oat.as_lambda(torch.tensor([0, 1], dtype=torch.int64), 2).dtype == torch.float32
+
+
+def test_model_call_validates_lambda():
+    net = models.create("small_cnn", input_size=8)
+    x = torch.rand(3, 1, 8, 8)
+    with pytest.raises(ValueError, match="NaN"):
+        net(x, float("nan"))
+    with pytest.raises(ValueError, match="shape"):
+        net(x, torch.zeros(4))
+    with pytest.raises(ValueError, match="required"):
+        net(x)
+    plain = models.create("small_cnn", input_size=8, conditioned=False)
+    plain(x)  # a plain network needs no λ ...
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        plain(x, 2.0)  # ... but still refuses a wrong one
+
+
+# ---------------------------------------------------------------- encoders
+def test_sinusoidal_encoding_is_continuous_and_injective():
+    enc = oat.SinusoidalEncoder(16)
+    lam = torch.linspace(0, 1, 1001)
+    code = enc(lam)
+    assert code.shape == (1001, 16)
+    steps = (code[1:] - code[:-1]).norm(dim=1)
+    assert steps.max() < 0.05  # smooth: a small change of λ moves the code a little
+    distances = torch.cdist(code[::50], code[::50])
+    off_diagonal = distances + torch.eye(distances.shape[0]) * 10
+    assert off_diagonal.min() > 0.1  # distinct λ values get distinct codes
+
+
+def test_categorical_encoding_is_orthonormal_rows_and_refuses_unseen_lambda():
+    enc = oat.CategoricalEncoder((0.0, 0.1, 0.2, 0.3, 0.4, 1.0), dim=128, seed=3)
+    codes = enc(torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 1.0]))
+    assert torch.allclose(codes @ codes.T, torch.eye(6), atol=1e-5)
+    with pytest.raises(ValueError, match="0.25"):
+        enc(torch.tensor([0.1, 0.25]))
+
+
+@pytest.mark.parametrize("encoding", ["sinusoidal", "categorical"])
+def test_saved_and_reloaded_model_conditions_identically(encoding):
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8, encoding=encoding, code_dim=32, seed=1)
+    _randomise_film(net)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    buffer.seek(0)
+    # A fresh network built with another seed has another random table until it loads the state.
+    fresh = models.create("small_cnn", input_size=8, encoding=encoding, code_dim=32, seed=2)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    net.eval(), fresh.eval()
+    x, lam = torch.rand(6, 1, 8, 8), torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 1.0])
+    assert torch.equal(net(x, lam), fresh(x, lam))
+
+
+def test_unknown_encoding_is_refused():
+    with pytest.raises(ValueError, match="unknown λ encoding 'onehot'"):
+        ConditioningConfig(encoding="onehot")
+
+
+# ---------------------------------------------------------------- FiLM and the plain twin
+def _randomise_film(net):
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, oat.FiLM):
+                nn.init.normal_(module.mlp[2].weight, std=0.5)
+                nn.init.normal_(module.mlp[2].bias, std=0.5)
+
+
+def test_film_is_identity_at_initialisation():
+    film = oat.FiLM(5, code_dim=16, width=8)
+    h = torch.randn(4, 5, 3, 3)
+    assert torch.equal(film(h, torch.randn(4, 16)), h)
+
+
+def test_fresh_conditioned_network_computes_what_its_plain_twin_computes():
+    torch.manual_seed(0)
+    plain = models.create("resnet18", conditioned=False)
+    conditioned = oat.init_from_plain(models.create("resnet18"), plain)
+    x = torch.rand(6, 3, 32, 32)
+    mixed = torch.tensor([0.0, 0.5, 0.0, 1.0, 0.2, 0.0])
+    plain.eval(), conditioned.eval()
+    expected = plain(x)
+    assert torch.allclose(conditioned(x, mixed), expected, atol=1e-5)
+    assert torch.allclose(conditioned(x, 0.0), expected, atol=1e-5)
+    # In train mode, batch statistics agree when the whole batch goes to one BN.
+    plain.train(), conditioned.train()
+    assert torch.allclose(conditioned(x, 0.7), plain(x), atol=1e-5)
+
+
+def test_film_makes_lambda_matter():
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8)
+    _randomise_film(net)
+    net.eval()
+    x = torch.rand(4, 1, 8, 8)
+    assert not torch.allclose(net(x, 0.2), net(x, 0.9))
+
+
+def test_init_from_plain_refuses_mismatched_architectures():
+    with pytest.raises(ValueError, match="shape mismatch for classifier.1.weight"):
+        oat.init_from_plain(models.create("small_cnn", input_size=8),
+                            models.create("small_cnn", input_size=8, conditioned=False, hidden=100))
+    plain = models.create("small_cnn", input_size=8, conditioned=False)
+    plain.extra = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="no place.*extra.bias"):
+        oat.init_from_plain(models.create("small_cnn", input_size=8), plain)
+
+
+# ---------------------------------------------------------------- dual BN routing
+def _cond(lam, code_dim=4):
+    lam = torch.as_tensor(lam, dtype=torch.float32)
+    return Conditioning.build(lam, torch.zeros(lam.shape[0], code_dim))
+
+
+@pytest.mark.parametrize("lam", [[0, 0, 0, 0], [0.3, 1, 0.1, 0.5], [0, 0.4, 0, 1], [1, 0, 0.2, 0]])
+@pytest.mark.parametrize("training", [True, False])
+def test_dual_bn_routes_each_example_by_its_lambda(lam, training):
+    torch.manual_seed(0)
+    bn = DualBatchNorm(3)
+    with torch.no_grad():  # make the two BNs distinguishable in eval mode too
+        bn.bn_clean.running_mean.fill_(1.0)
+        bn.bn_adv.running_mean.fill_(-1.0)
+        bn.bn_adv.weight.fill_(2.0)
+    reference = DualBatchNorm(3)
+    reference.load_state_dict(bn.state_dict())
+    bn.train(training), reference.train(training)
+    h = torch.randn(4, 3, 5, 5)
+    out = bn(h, _cond(lam))
+    clean = torch.tensor(lam) == 0
+    if clean.any():
+        assert torch.allclose(out[clean], reference.bn_clean(h[clean]), atol=1e-6)
+    if (~clean).any():
+        assert torch.allclose(out[~clean], reference.bn_adv(h[~clean]), atol=1e-6)
+
+
+def test_dual_bn_updates_only_the_statistics_of_the_bn_each_example_used():
+    bn = DualBatchNorm(2)
+    bn.train()
+    h = torch.randn(6, 2, 4, 4)
+    bn(h, _cond([0.5, 1, 0.2, 0.4, 0.3, 1]))  # no clean example
+    assert torch.equal(bn.bn_clean.running_mean, torch.zeros(2))
+    assert int(bn.bn_clean.num_batches_tracked) == 0
+    assert not torch.equal(bn.bn_adv.running_mean, torch.zeros(2))
+
+    bn = DualBatchNorm(2)
+    bn.train()
+    lam = [0, 0.5, 0, 1, 0, 0.2]
+    bn(h, _cond(lam))
+    clean = torch.tensor(lam) == 0
+    momentum = bn.bn_clean.momentum
+    expected_clean = momentum * h[clean].mean(dim=(0, 2, 3))
+    expected_adv = momentum * h[~clean].mean(dim=(0, 2, 3))
+    assert torch.allclose(bn.bn_clean.running_mean, expected_clean, atol=1e-6)
+    assert torch.allclose(bn.bn_adv.running_mean, expected_adv, atol=1e-6)
+
+
+def test_network_output_does_not_depend_on_batch_order():
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8)
+    _randomise_film(net)
+    net.train()
+    x = torch.rand(8, 1, 8, 8)
+    lam = torch.tensor([0, 0.1, 0, 1, 0.4, 0, 0.3, 1.0])
+    perm = torch.randperm(8)
+    assert torch.allclose(net(x, lam)[perm], net(x[perm], lam[perm]), atol=1e-5)
+
+
+def test_single_bn_ablation_has_one_bn_per_layer():
+    net = models.create("small_cnn", input_size=8, dual_bn=False)
+    norms = [m for m in net.modules() if isinstance(m, LambdaNorm)]
+    assert norms and all(isinstance(m.bn, nn.BatchNorm2d) for m in norms)
+    dual = models.create("small_cnn", input_size=8)
+    assert all(isinstance(m.bn, DualBatchNorm) for m in dual.modules() if isinstance(m, LambdaNorm))
+    net(torch.rand(2, 1, 8, 8), torch.tensor([0.0, 1.0]))
+
+
+# ---------------------------------------------------------------- fix_lambda
+def test_fix_lambda_is_a_plain_module_equal_to_the_conditioned_call():
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8)
+    _randomise_film(net)
+    net.eval()
+    x = torch.rand(5, 1, 8, 8)
+    fixed = oat.fix_lambda(net, 0.3)
+    assert isinstance(fixed, nn.Module)
+    assert torch.equal(fixed(x), net(x, 0.3))
+    fixed.train()
+    assert net.training  # modes propagate, as outside tools expect
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        oat.fix_lambda(net, 1.1)
+    with pytest.raises(ValueError, match="NaN"):
+        oat.fix_lambda(net, math.nan)
