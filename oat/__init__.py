@@ -17,6 +17,8 @@ from .conditioning import (  # noqa: E402
 )
 from .lam import as_lambda  # noqa: E402
 from .network import FixedLambda, LambdaNetwork, fix_lambda, init_from_plain  # noqa: E402
+from .evaluation import evaluate  # noqa: E402
+from .runs import load  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -30,6 +32,8 @@ __all__ = [
     "LambdaNetwork",
     "LambdaNorm",
     "SinusoidalEncoder",
+    "evaluate",
     "fix_lambda",
     "init_from_plain",
+    "load",
 ]

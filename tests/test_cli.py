@@ -1,0 +1,98 @@
+"""The ``oat`` command: help, version, and one-line errors with exit code 2 for user mistakes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import oat
+from oat.cli import main
+
+ROOT = Path(__file__).parent.parent
+DIGITS = str(ROOT / "configs" / "digits_oat.yaml")
+
+
+def run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["eval"]])
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: oat" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"oat {oat.__version__}"
+
+
+@pytest.fixture
+def smuggled_checkpoint(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"model": {}, "config": {}, "x": Payload()}, path)
+    return path
+
+
+def _cases(tmp_path, smuggled):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("train: [1, 2\n")
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epoch: 3\n")
+    return [
+        (["train", "--config", str(tmp_path / "missing.yaml")], "config file not found"),
+        (["train", "--config", str(bad_yaml)], "malformed YAML"),
+        (["train", "--config", str(typo)], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
+        (["train", "--config", DIGITS, "--set", "train.batchsize=3"], "did you mean 'train.batch_size'?"),
+        (["train", "--config", DIGITS, "--set", "lambdas.params={values: [0, 1.5]}"], "[0, 1]"),
+        (["train", "--config", DIGITS, "--set", "data.name=cifar10", "--set", f"data.root={tmp_path}",
+          "--out", str(tmp_path / "r")], "download=True"),
+        (["train", "--config", DIGITS, "--set", "model.name=resnet43", "--out", str(tmp_path / "r2")],
+         "did you mean 'resnet34'"),
+        (["train"], "--config FILE is required"),
+        (["eval", "--checkpoint", str(tmp_path / "nope.pt")], "checkpoint not found"),
+        (["eval", "--checkpoint", str(smuggled)], "pickled Python objects"),
+    ]
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tmp_path, smuggled_checkpoint, capsys):
+    for args, message in _cases(tmp_path, smuggled_checkpoint):
+        code, out, err = run(args, capsys)
+        assert code == 2, (args, err)
+        assert err.count("\n") == 1 and err.startswith("oat: error: "), (args, err)
+        assert message in err, (args, err)
+        assert "Traceback" not in err and "pwned" not in out
+
+
+def test_eval_refuses_bad_lambdas_and_attacks(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--config", DIGITS, "--set", "train.epochs=1", "--set", "attack.steps=1",
+                 "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    for extra, message in [
+        (["--lambdas", "0,1.5"], "λ must lie in [0, 1], got 1.5"),
+        (["--lambdas", "0,nan"], "λ must lie in [0, 1], got nan"),
+        (["--lambdas", "zero"], "comma-separated numbers"),
+        (["--attacks", "pgd-x"], "unknown attack 'pgd-x'"),
+        (["--n", "0"], "--n must be at least 1"),
+    ]:
+        code, _, err = run(["eval", "--checkpoint", str(out / "checkpoint.pt"), *extra, "--quiet"], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
+
+
+def test_a_real_process_exits_2_without_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "oat", "train", "--config", str(tmp_path / "x.yaml")],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"oat: error: config file not found: {tmp_path / 'x.yaml'}"

@@ -1,0 +1,149 @@
+"""The training loop end to end on the bundled digits: train → eval, resume after SIGKILL,
+a diverging loss, a 2-process gloo run."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import oat
+from oat import trainer
+from oat.cli import main
+from oat.config import load_config
+from oat.runs import load_run
+
+ROOT = Path(__file__).parent.parent
+DIGITS = ROOT / "configs" / "digits_oat.yaml"
+
+
+def tiny(epochs=2, steps=2, **extra):
+    """The digits OAT config, shrunk: few epochs, a 2-step training attack."""
+    overrides = [f"train.epochs={epochs}", f"attack.steps={steps}", "eval.attacks=[pgd-5]", "eval.n=100"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(DIGITS, overrides)
+
+
+def run_cli(*args, env=None, timeout=300):
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "oat", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+
+
+def test_train_then_eval_shows_a_trade_off_from_one_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    config = tiny(epochs=10, steps=3)
+    trainer.train(config, out, show_progress=False)
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == list(range(1, 11))
+    for line in lines:
+        assert set(line) >= {"epoch", "loss", "clean_acc", "adv_acc", "lr", "seconds", "fosc"}
+        assert line["fosc"] >= 0 and 0 <= line["clean_acc"] <= 1
+    assert load_config(out / "config.yaml") == config  # the resolved config is saved as used
+
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--lambdas", "0,1",
+                 "--attacks", "fgsm,pgd-10", "--n", "150", "--quiet"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert set(result) >= {"dataset", "split", "n", "eps", "norm", "checkpoint", "points", "flags"}
+    assert result["dataset"] == "digits" and result["n"] == 150 and result["eps"] == pytest.approx(0.3)
+    at = {p["lambda"]: p for p in result["points"]}
+    assert at[0.0]["clean"] > 0.9
+    # one checkpoint, two trade-offs: λ = 1 is far more robust than λ = 0
+    assert at[1.0]["robust"]["pgd-10"] > at[0.0]["robust"]["pgd-10"] + 0.05
+    for point in result["points"]:
+        assert point["robust_worst"] <= min(point["robust"].values()) <= point["clean"]
+
+    # the Python API gives the same numbers as the command
+    model = oat.load(out / "checkpoint.pt")
+    assert not model.training
+    _, state = load_run(out)
+    api = oat.evaluate(model, oat.datasets.load("digits"), [0.0, 1.0], ["fgsm", "pgd-10"], eps=state["eps"], n=150)
+    assert [p["robust"] for p in api["points"]] == [p["robust"] for p in result["points"]]
+
+
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path):
+    common = ["--config", str(DIGITS), "--set", "train.epochs=4", "--set", "attack.steps=2",
+              "--set", "train.deterministic=true", "--quiet"]
+    straight = run_cli("train", *common, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, "-m", "oat", "train", *common, "--out", str(out)],
+                               env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 2:
+            break
+        if process.poll() is not None:
+            pytest.fail("the run finished before it could be killed")
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 1 <= killed_at < 4  # killed mid-run, with a loadable checkpoint
+
+    resumed = run_cli("train", "--out", str(out), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert b["epoch"] == 4
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    original = trainer._LossStep.forward
+    calls = {"n": 0}
+    steps_per_epoch = 1437 // 64
+
+    def poisoned(self, batch):
+        calls["n"] += 1
+        result = original(self, batch)
+        if calls["n"] == steps_per_epoch + 3:  # the third batch of epoch 2
+            result.loss = result.loss * float("nan")
+        return result
+
+    monkeypatch.setattr(trainer._LossStep, "forward", poisoned)
+    with pytest.raises(trainer.TrainingDiverged, match="epoch 2, batch 3"):
+        trainer.train(tiny(epochs=3, steps=1), out, show_progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
+    out = tmp_path / "run"
+    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    with pytest.raises(oat.config.ConfigError, match="already holds a run"):
+        trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+
+
+def test_two_process_gloo_run_evaluates_like_a_one_process_run(tmp_path):
+    common = ["--config", str(DIGITS), "--set", "train.epochs=3", "--set", "attack.steps=2", "--quiet"]
+    single = run_cli("train", *common, "--out", str(tmp_path / "one"))
+    assert single.returncode == 0, single.stderr
+    torchrun = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+         "-m", "oat", "train", *common, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=ROOT, timeout=400)
+    assert torchrun.returncode == 0, torchrun.stderr[-3000:]
+    results = {}
+    for name in ("one", "two"):
+        model, state = load_run(tmp_path / name)
+        assert state["epoch"] == 3
+        results[name] = oat.evaluate(model, oat.datasets.load("digits"), [0.0, 1.0], ["fgsm"], eps=0.3, n=200)
+    for a, b in zip(results["one"]["points"], results["two"]["points"]):
+        assert a["clean"] > 0.85 and b["clean"] > 0.85
+        assert abs(a["clean"] - b["clean"]) < 0.06
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # only rank 0 wrote
