@@ -78,6 +78,8 @@ def cmd_eval(args) -> int:
     except ValueError as error:
         raise UserError(str(error)) from None
     result["checkpoint"] = str(args.checkpoint)
+    result["train_seconds"] = float(state["train_seconds"])
+    result["epochs"] = int(state["epoch"])
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -85,6 +87,46 @@ def cmd_eval(args) -> int:
     os.replace(tmp, out)
     print_table(result)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    from frontier.sweep import load_sweep, parse_shard, run_sweep
+
+    sweep, base = load_sweep(args.config, args.set)
+    out = args.out or f"runs/{Path(args.config).stem}"
+    summary = run_sweep(sweep, base, out, workers=args.workers, shard=parse_shard(args.shard),
+                        log=None if args.quiet else print)
+    if not args.quiet:
+        print(f"wrote {Path(out) / 'frontier.json'}: {len(summary['points'])} finished points"
+              + (f", {len(summary['missing'])} not yet (other shards?)" if summary["missing"] else ""))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from frontier.plot import plot
+    from frontier.report import find_results, write_report
+
+    try:
+        comparison = find_results(args.dirs)
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(str(error)) from None
+    out = Path(args.out) if args.out else Path(args.dirs[0]) / "frontier_plot.png"
+    paths = plot(comparison, out)
+    summary = write_report(comparison, out.parent)
+    print(f"wrote {paths[0]}, {paths[1]}, {out.parent / 'report.md'}, {out.parent / 'summary.json'}")
+    if summary["hypervolume_ratio"] is not None:
+        print(f"hypervolume ratio OAT / frontier {summary['hypervolume_ratio']:.3f}"
+              + (f", cost ratio {summary['cost_ratio']:.3f}" if summary["cost_ratio"] is not None else ""))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from frontier.demo import run_demo
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    run_demo(args.out, workers=args.workers)
     return 0
 
 
@@ -128,6 +170,38 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output JSON (default: eval.json beside the checkpoint)")
     ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(run=cmd_eval)
+
+    fr = commands.add_parser(
+        "frontier", help="train and evaluate dedicated fixed-λ and fixed-β TRADES baselines",
+        description="Train and evaluate the dedicated baselines a sweep config lists (each an ordinary run "
+                    "directory under OUT/points/), then write OUT/frontier.json. Rerunning skips finished "
+                    "points and resumes unfinished ones.")
+    fr.add_argument("--config", required=True, help="sweep config (base: training config, fixed_lambda, trades, eval)")
+    fr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a key of the base training config for every point (repeatable)")
+    fr.add_argument("--out", help="output directory (default runs/<config name>)")
+    fr.add_argument("--workers", type=int, default=1, help="points trained in parallel processes")
+    fr.add_argument("--shard", help="run only the i-th of n slices of the points, e.g. 2/4 (job arrays)")
+    fr.add_argument("--quiet", action="store_true", help="no progress output")
+    fr.set_defaults(run=cmd_frontier)
+
+    pl = commands.add_parser(
+        "plot", help="draw OAT vs the dedicated frontier; write report.md and summary.json",
+        description="Find an OAT run (eval.json) and sweeps (frontier.json) in the directories (or one level "
+                    "below) and draw the SA–RA plane and SA/RA against λ, as PNG and SVG, with report.md and "
+                    "summary.json beside them.")
+    pl.add_argument("dirs", nargs="+", metavar="DIR")
+    pl.add_argument("--out", help="image path (default DIR/frontier_plot.png; an .svg is written beside it)")
+    pl.set_defaults(run=cmd_plot)
+
+    de = commands.add_parser(
+        "demo", help="the whole comparison on the bundled digits, offline",
+        description="Train one OAT model, the dedicated fixed-λ frontier and fixed-β TRADES points on the "
+                    "bundled digits, evaluate all with PGD-20 and APGD-CE + APGD-T on one fixed subset, and "
+                    "write the plot, report.md and summary.json. Rerunning reuses finished work.")
+    de.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    de.add_argument("--workers", type=int, default=2, help="models trained in parallel processes (default 2)")
+    de.set_defaults(run=cmd_demo)
     return parser
 
 

@@ -47,7 +47,8 @@ def autoattack(
     """Run AutoAttack on ``model`` at trade-off ``lam`` (one float, or None for a plain ``model(x)``).
 
     ``version="standard"`` is APGD-CE, APGD-T, FAB-T and Square (the RobustBench protocol); with
-    ``version="custom"`` pass ``attacks``, e.g. ``["apgd-ce", "apgd-t"]``. The model runs in eval
+    ``version="custom"`` pass ``attacks``, e.g. ``["apgd-ce", "apgd-t"]`` (run with the standard
+    version's settings: APGD-CE one restart, APGD-T nine target classes). The model runs in eval
     mode and every module's mode is restored; parameters are frozen during the run (FAB calls
     ``backward()``, which would otherwise write parameter ``.grad``); torch's global RNG, which
     the package reseeds, is restored afterwards. The package's ``'auto-attack'`` logger is silent
@@ -93,6 +94,11 @@ def autoattack(
             p.requires_grad_(False)
         with eval_mode(model), torch.random.fork_rng(devices=rng_devices):
             runner = AutoAttack(target, attacks=attacks, device=device, eps=eps, norm=norm, seed=seed, version=version)
+            if version == "custom" and norm in ("Linf", "L2"):
+                # A subset of the standard attacks runs with the standard version's settings (the
+                # package otherwise gives a custom APGD-CE 5 restarts): the numbers stay comparable.
+                runner.apgd.n_restarts = 1
+                runner.apgd_targeted.n_target_classes = 9
             x_adv, _ = runner.run_standard_evaluation(x, y, batch_size=batch_size)
             x_adv = x_adv.detach().to(x.device)
             robust = _predictions(target, x_adv, device, batch_size).to(y.device) == y

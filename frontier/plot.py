@@ -1,0 +1,121 @@
+"""Pictures of the comparison: the SA–RA plane, and SA and RA against λ for the OAT model.
+
+Left panel: the OAT curve (worst-case RA, each point labelled by its λ), the dedicated fixed-λ
+models and their Pareto frontier (a staircase), the fixed-β TRADES points labelled by β, and —
+where several attacks were run — each attack's RA as its own marker (PGD-family hollow, the
+AutoAttack family filled), so the gap between a weak and a strong attack is visible.
+Right panel: SA and RA of the OAT model against λ, with the dedicated fixed-λ models at their λ.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+
+from oat.evaluation import parse_attack  # noqa: E402
+
+from .pareto import non_dominated  # noqa: E402
+from .report import Comparison, sa_ra  # noqa: E402
+
+OAT_COLOR, FIXED_COLOR, TRADES_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+
+
+def _attack_marker(attack: str) -> dict:
+    strong = parse_attack(attack).is_autoattack
+    return {"marker": "s" if strong else "^", "strong": strong}
+
+
+def _staircase(front: list[tuple[float, float]]) -> tuple[list[float], list[float]]:
+    """The boundary of the region a non-dominated set dominates (SA ascending)."""
+    xs, ys = [], []
+    for index, (sa, ra) in enumerate(front):
+        if index == 0:
+            xs.append(0.0), ys.append(ra)
+        else:
+            xs.append(front[index - 1][0]), ys.append(ra)
+        xs.append(sa), ys.append(ra)
+    if front:
+        xs.append(front[-1][0]), ys.append(0.0)
+    return xs, ys
+
+
+def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> list[Path]:
+    """Draw the comparison; writes ``out`` with suffix .png and .svg and returns both paths."""
+    out = Path(out)
+    attacks = []
+    if comparison.oat:
+        attacks = list(comparison.oat["attacks"])
+    elif comparison.protocol:
+        attacks = list(comparison.protocol["attacks"])
+    fig, (plane, by_lambda) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1.35, 1]})
+    pct = lambda values: [100 * v for v in values]  # noqa: E731
+
+    fixed, trades = comparison.fixed_lambda, comparison.trades
+    if fixed:
+        xs, ys = _staircase(non_dominated(sa_ra(fixed)))
+        plane.plot(pct(xs), pct(ys), "--", color=FIXED_COLOR, lw=1.5, alpha=0.8,
+                   label=f"dedicated fixed-λ frontier ({len(fixed)} runs)")
+        plane.scatter(pct([p["clean"] for p in fixed]), pct([p["robust_worst"] for p in fixed]), s=55,
+                      color=FIXED_COLOR, zorder=3, label="dedicated fixed-λ model (worst case)")
+        for p in fixed:
+            plane.annotate(f"λ={p['lambda']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
+                           xytext=(6, -11), fontsize=8, color=FIXED_COLOR)
+    if trades:
+        plane.scatter(pct([p["clean"] for p in trades]), pct([p["robust_worst"] for p in trades]), s=70,
+                      marker="D", color=TRADES_COLOR, zorder=3, label=f"fixed-β TRADES ({len(trades)} runs)")
+        for p in trades:
+            plane.annotate(f"β={p['value']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
+                           xytext=(6, 4), fontsize=8, color=TRADES_COLOR)
+    oat_points = sorted(comparison.oat["points"], key=lambda p: p["lambda"]) if comparison.oat else []
+    if oat_points:
+        plane.plot(pct([p["clean"] for p in oat_points]), pct([p["robust_worst"] for p in oat_points]), "-o",
+                   color=OAT_COLOR, lw=2, ms=6, zorder=4, label="OAT, one model (worst case)")
+        for p in oat_points:
+            plane.annotate(f"{p['lambda']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
+                           xytext=(-4, 7), fontsize=8, color=OAT_COLOR, ha="right")
+    if len(attacks) > 1:  # per-attack markers show how much each attack finds
+        for attack in attacks:
+            style = _attack_marker(attack)
+            for points, color in ((oat_points, OAT_COLOR), (fixed + trades, None)):
+                if not points:
+                    continue
+                colors = [color or (TRADES_COLOR if p.get("kind") == "trades" else FIXED_COLOR) for p in points]
+                plane.scatter(pct([p["clean"] for p in points]), pct([p["robust"][attack] for p in points]),
+                              marker=style["marker"], s=28, zorder=2, alpha=0.7,
+                              facecolors=colors if style["strong"] else "none", edgecolors=colors, linewidths=1)
+            plane.scatter([], [], marker=style["marker"], s=28, facecolors="grey" if style["strong"] else "none",
+                          edgecolors="grey", label=f"RA under {attack} alone")
+    plane.set_xlabel("clean accuracy SA (%)")
+    plane.set_ylabel("robust accuracy RA (%)")
+    plane.set_title(title or "SA–RA trade-off")
+    plane.grid(alpha=0.3)
+    plane.legend(fontsize=8, loc="lower left")
+
+    if oat_points:
+        lams = [p["lambda"] for p in oat_points]
+        by_lambda.plot(lams, pct([p["clean"] for p in oat_points]), "-o", color=OAT_COLOR, label="OAT SA")
+        by_lambda.plot(lams, pct([p["robust_worst"] for p in oat_points]), "-s", color=OAT_COLOR, alpha=0.6,
+                       label="OAT RA (worst case)")
+    if fixed:
+        lams = [p["lambda"] for p in fixed]
+        by_lambda.plot(lams, pct([p["clean"] for p in fixed]), "o", mfc="none", color=FIXED_COLOR, ms=8,
+                       label="dedicated SA")
+        by_lambda.plot(lams, pct([p["robust_worst"] for p in fixed]), "s", mfc="none", color=FIXED_COLOR, ms=8,
+                       label="dedicated RA (worst case)")
+    by_lambda.set_xlabel("λ (trade-off weight)")
+    by_lambda.set_ylabel("accuracy (%)")
+    by_lambda.set_title("one OAT model across λ vs one model per λ")
+    by_lambda.set_xlim(-0.03, 1.03)
+    by_lambda.grid(alpha=0.3)
+    by_lambda.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
+    fig.savefig(paths[0], dpi=130)
+    fig.savefig(paths[1])
+    plt.close(fig)
+    return paths

@@ -1,0 +1,213 @@
+"""The comparison the project exists for: one OAT model against the dedicated baselines.
+
+:func:`find_results` gathers an OAT run's ``eval.json`` and a sweep's ``frontier.json`` from
+directories; :func:`summarize` computes the headline figures; :func:`write_report` writes
+``report.md`` and ``summary.json``.
+
+Every figure uses the strongest evaluation that was run: an example counts as robust only if it
+survived every attack (``robust_worst``). The *dedicated frontier* is the set of fixed-λ PGD-AT
+baselines — the same objective family the OAT model is trained with, one run per λ, as in the
+OAT paper; fixed-β TRADES points are reported beside it, and so is the ratio against every
+dedicated model together.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .pareto import gap, hypervolume, non_dominated
+
+SUMMARY_JSON = "summary.json"
+REPORT_MD = "report.md"
+
+
+@dataclass
+class Comparison:
+    """An OAT evaluation (``oat``: eval.json's dict plus train_seconds) and dedicated points
+    (frontier.json's rows)."""
+
+    oat: dict | None
+    dedicated: list[dict] = field(default_factory=list)
+    protocol: dict | None = None
+
+    @property
+    def fixed_lambda(self) -> list[dict]:
+        return sorted((p for p in self.dedicated if p["kind"] == "fixed_lambda"), key=lambda p: p["lambda"])
+
+    @property
+    def trades(self) -> list[dict]:
+        return sorted((p for p in self.dedicated if p["kind"] == "trades"), key=lambda p: p["value"])
+
+
+def _candidates(directory: Path) -> list[Path]:
+    return [directory] + sorted(p for p in directory.iterdir() if p.is_dir())
+
+
+def find_results(directories: list[str | Path]) -> Comparison:
+    """Find an OAT run (a conditioned model's eval.json) and sweeps (frontier.json) in
+    ``directories`` or their immediate subdirectories (the demo's layout)."""
+    oat, dedicated, protocol = None, [], None
+    for directory in map(Path, directories):
+        if not directory.is_dir():
+            raise FileNotFoundError(f"not a directory: {directory}")
+        for candidate in _candidates(directory):
+            frontier = candidate / "frontier.json"
+            if frontier.exists():
+                data = json.loads(frontier.read_text())
+                dedicated.extend(data["points"])
+                protocol = protocol or data["protocol"]
+            result = candidate / "eval.json"
+            if result.exists() and (candidate / "config.yaml").exists() and _is_conditioned(candidate):
+                if oat is not None:
+                    raise ValueError(f"two OAT runs found ({oat['run_dir']} and {candidate}); plot one at a time")
+                oat = json.loads(result.read_text())
+                oat["run_dir"] = str(candidate)
+    if oat is None and not dedicated:
+        raise FileNotFoundError(
+            f"no results in {', '.join(map(str, directories))}: expected an OAT run directory with eval.json "
+            "or a sweep directory with frontier.json")
+    return Comparison(oat, dedicated, protocol)
+
+
+def _is_conditioned(run_dir: Path) -> bool:
+    import yaml
+
+    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    return bool(config.get("model", {}).get("conditioned", False))
+
+
+def sa_ra(points: list[dict]) -> list[tuple[float, float]]:
+    """(SA, worst-case RA) of each point."""
+    return [(p["clean"], p["robust_worst"]) for p in points]
+
+
+def summarize(comparison: Comparison) -> dict:
+    """The headline figures: hypervolumes, their ratio, the gap, training cost, flags."""
+    oat_points = comparison.oat["points"] if comparison.oat else []
+    fixed = comparison.fixed_lambda
+    trades = comparison.trades
+    summary: dict = {
+        "attacks": (comparison.oat or {}).get("attacks") or (comparison.protocol or {}).get("attacks"),
+        "n": (comparison.oat or {}).get("n"),
+        "eps": (comparison.oat or {}).get("eps"),
+        "runs_oat": 1 if comparison.oat else 0,
+        "runs_frontier": len(fixed),
+        "runs_trades": len(trades),
+        "hypervolume_oat": hypervolume(sa_ra(oat_points)) if oat_points else None,
+        "hypervolume_frontier": hypervolume(sa_ra(fixed)) if fixed else None,
+        "hypervolume_trades": hypervolume(sa_ra(trades)) if trades else None,
+        "hypervolume_all_dedicated": hypervolume(sa_ra(fixed + trades)) if fixed or trades else None,
+        "train_seconds_oat": comparison.oat.get("train_seconds") if comparison.oat else None,
+        "train_seconds_frontier": sum(p["train_seconds"] for p in fixed) if fixed else None,
+        "train_seconds_trades": sum(p["train_seconds"] for p in trades) if trades else None,
+    }
+    summary["hypervolume_ratio"] = _ratio(summary["hypervolume_oat"], summary["hypervolume_frontier"])
+    summary["hypervolume_ratio_all_dedicated"] = _ratio(summary["hypervolume_oat"],
+                                                        summary["hypervolume_all_dedicated"])
+    summary["cost_ratio"] = _ratio(summary["train_seconds_oat"], summary["train_seconds_frontier"])
+    if oat_points and fixed:
+        result = gap(sa_ra(oat_points), sa_ra(fixed))
+        summary["gap"] = {"mean_deficit": result["mean_deficit"], "worst_deficit": result["worst_deficit"],
+                          "dominated_points": result["dominated"], "points": len(oat_points)}
+    else:
+        summary["gap"] = None
+    flags = [dict(flag, model="oat") for flag in (comparison.oat or {}).get("flags", [])]
+    for point in comparison.dedicated:
+        flags += [dict(flag, model=point["name"]) for flag in point.get("flags", [])]
+    summary["flags"] = flags
+    return summary
+
+
+def _ratio(a, b):
+    return None if a is None or not b else a / b
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs dedicated baselines") -> str:
+    attacks = summary["attacks"] or []
+    lines = [f"# {title}", ""]
+    lines += [
+        f"Evaluation: {', '.join(attacks)} at ε = {summary['eps']:.4g} (L∞) on the same {summary['n']} test "
+        "examples for every model; RA is the per-example worst case over those attacks (an example counts "
+        "as robust only if it survives every one).",
+        "",
+        "## Headline",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| hypervolume, OAT (one run) | {_num(summary['hypervolume_oat'])} |",
+        f"| hypervolume, dedicated fixed-λ frontier ({summary['runs_frontier']} runs) | "
+        f"{_num(summary['hypervolume_frontier'])} |",
+        f"| **hypervolume ratio OAT / frontier** | **{_num(summary['hypervolume_ratio'])}** |",
+        f"| hypervolume, fixed-β TRADES ({summary['runs_trades']} runs) | {_num(summary['hypervolume_trades'])} |",
+        f"| hypervolume ratio OAT / every dedicated model | {_num(summary['hypervolume_ratio_all_dedicated'])} |",
+        f"| training time, OAT | {_secs(summary['train_seconds_oat'])} (1 run) |",
+        f"| training time, fixed-λ frontier | {_secs(summary['train_seconds_frontier'])} "
+        f"({summary['runs_frontier']} runs) |",
+        f"| training time, TRADES points | {_secs(summary['train_seconds_trades'])} ({summary['runs_trades']} runs) |",
+        f"| **cost ratio OAT / frontier** | **{_num(summary['cost_ratio'])}** |",
+    ]
+    if summary["gap"]:
+        g = summary["gap"]
+        lines += [
+            f"| OAT points behind the frontier | {g['dominated_points']} of {g['points']} |",
+            f"| mean deficit (points of SA and RA) | {100 * g['mean_deficit']:.2f} |",
+            f"| worst deficit (points of SA and RA) | {100 * g['worst_deficit']:.2f} |",
+        ]
+    lines += ["", "A point's deficit is the smallest equal gain in SA and RA that would leave no dedicated "
+              "model strictly better in both; 0 means it lies on or beyond the frontier.", ""]
+    lines += ["## All points", "", "| model | λ | β | SA | " + " | ".join(f"RA {a}" for a in attacks)
+              + " | RA worst | train s |", "|---" * (5 + len(attacks)) + "|---|"]
+    for point in (comparison.oat or {}).get("points", []):
+        lines.append(f"| OAT | {point['lambda']:g} | | {_pct(point['clean'])} | "
+                     + " | ".join(_pct(point["robust"].get(a)) for a in attacks)
+                     + f" | {_pct(point['robust_worst'])} | |")
+    for point in comparison.fixed_lambda + comparison.trades:
+        beta = f"{point['value']:g}" if point["kind"] == "trades" else ""
+        lines.append(f"| {point['name']} | {point['lambda']:g} | {beta} | {_pct(point['clean'])} | "
+                     + " | ".join(_pct(point["robust"].get(a)) for a in attacks)
+                     + f" | {_pct(point['robust_worst'])} | {point['train_seconds']:.0f} |")
+    non_dom = set(non_dominated(sa_ra(comparison.fixed_lambda))) if comparison.fixed_lambda else set()
+    if non_dom:
+        names = [p["name"] for p in comparison.fixed_lambda if (p["clean"], p["robust_worst"]) in non_dom]
+        lines += ["", f"Fixed-λ models on the frontier: {', '.join(names)}."]
+    lines += ["", "## Evaluation flags", ""]
+    if summary["flags"]:
+        lines += [f"- {flag['model']}: {flag['message']}" for flag in summary["flags"]]
+    else:
+        lines.append("None: AutoAttack never exceeded PGD by more than sampling noise, and PGD never exceeded "
+                     "AutoAttack by more than 5 points." if any(a in ("autoattack", "apgd", "apgd-ce", "apgd-t")
+                                                                  for a in attacks)
+                     else "None.")
+    return "\n".join(lines) + "\n"
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.4f}"
+
+
+def _secs(value) -> str:
+    return "–" if value is None else f"{value:.0f} s"
+
+
+def write_report(comparison: Comparison, out_dir: str | Path, extra: dict | None = None) -> dict:
+    """Write ``report.md`` and ``summary.json`` into ``out_dir``; returns the summary."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    summary = summarize(comparison)
+    summary.update(extra or {})
+    _write_atomic(out_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    _write_atomic(out_dir / REPORT_MD, format_report(comparison, summary))
+    return summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

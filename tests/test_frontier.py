@@ -1,0 +1,107 @@
+"""`oat frontier`: sweeps of dedicated baselines that survive being killed, shards, workers."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from frontier.sweep import load_sweep, make_points, parse_shard, select_shard
+from oat.config import ConfigError
+
+ROOT = Path(__file__).parent.parent
+
+
+def write_sweep(tmp_path, values=(0.0, 1.0), betas=(), epochs=1):
+    sweep = {
+        "base": str(ROOT / "configs" / "digits_oat.yaml"),
+        "set": {"train.epochs": epochs, "attack.steps": 1},
+        "fixed_lambda": {"values": list(values)},
+        "trades": {"betas": list(betas)},
+        "eval": {"attacks": ["fgsm"], "n": 60},
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep))
+    return path
+
+
+def oat(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "oat", *args], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, **kwargs)
+
+
+def test_points_derive_from_the_base_config(tmp_path):
+    sweep, base = load_sweep(write_sweep(tmp_path, values=(0.0, 0.3), betas=(0.0, 3.0, 6.0)))
+    points = {p.name: p for p in make_points(sweep, base)}
+    assert sorted(points) == ["lambda-0", "lambda-0.3", "trades-beta-0", "trades-beta-3", "trades-beta-6"]
+    lam = points["lambda-0.3"].config
+    assert not lam.model.conditioned and lam.lambdas.sampler == "fixed" and lam.lambdas.params == {"value": 0.3}
+    assert lam.objective.name == "pgd" and lam.train.epochs == 1 and lam.data.name == base.data.name
+    trades = points["trades-beta-3"]
+    assert trades.config.objective.name == "trades" and trades.config.objective.params == {"beta_max": 6.0}
+    assert trades.lam == pytest.approx(0.5)  # β = 3 is λ = β / β_max
+
+
+def test_shards_partition_the_points():
+    points = list(range(7))
+    shards = [select_shard(points, (i, 3)) for i in (1, 2, 3)]
+    assert sorted(sum(shards, [])) == points and all(shards)
+    assert parse_shard("2/3") == (2, 3)
+    for bad in ("0/3", "4/3", "x/3", "1"):
+        with pytest.raises(ConfigError, match="shard"):
+            parse_shard(bad)
+
+
+def test_a_killed_sweep_reruns_without_retraining_finished_points(tmp_path):
+    path = write_sweep(tmp_path, values=(0.0, 0.4, 1.0), epochs=3)
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "oat", "frontier", "--config", str(path), "--out", str(out),
+                                "--quiet"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "points" / "lambda-0" / "eval.json"
+    second = out / "points" / "lambda-0.4" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (first.exists() and second.exists() and second.read_text().strip()):
+        assert process.poll() is None, "the sweep finished before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished_checkpoint = out / "points" / "lambda-0" / "checkpoint.pt"
+    stamp = finished_checkpoint.stat().st_mtime_ns
+    partial_epochs = len(second.read_text().splitlines())
+    assert 1 <= partial_epochs < 3  # killed in the middle of the second point
+
+    rerun = oat("frontier", "--config", str(path), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert "lambda-0: already finished" in rerun.stdout
+    assert "lambda-0.4: resumed and evaluated" in rerun.stdout
+    assert finished_checkpoint.stat().st_mtime_ns == stamp  # not retrained
+    summary = json.loads((out / "frontier.json").read_text())
+    assert [p["name"] for p in summary["points"]] == ["lambda-0", "lambda-0.4", "lambda-1"]
+    assert summary["missing"] == []
+    for point in summary["points"]:
+        assert point["epochs"] == 3 and 0 <= point["robust"]["fgsm"] <= point["clean"] <= 1
+    metrics = (out / "points" / "lambda-0.4" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]
+
+
+def test_shards_and_workers_share_one_output_directory(tmp_path):
+    path = write_sweep(tmp_path, values=(0.0, 1.0), betas=(1.0,), epochs=1)
+    out = tmp_path / "out"
+    first = oat("frontier", "--config", str(path), "--out", str(out), "--shard", "1/2", "--workers", "2")
+    assert first.returncode == 0, first.stderr
+    partial = json.loads((out / "frontier.json").read_text())
+    assert [p["name"] for p in partial["points"]] == ["lambda-0", "trades-beta-1"]
+    assert partial["missing"] == ["lambda-1"]
+    second = oat("frontier", "--config", str(path), "--out", str(out), "--shard", "2/2")
+    assert second.returncode == 0, second.stderr
+    full = json.loads((out / "frontier.json").read_text())
+    assert sorted(p["name"] for p in full["points"]) == ["lambda-0", "lambda-1", "trades-beta-1"]
+    protocols = {json.dumps(json.loads((out / "points" / n / "eval.json").read_text())["protocol"])
+                 for n in ("lambda-0", "lambda-1", "trades-beta-1")}
+    assert len(protocols) == 1  # every point evaluated with the same protocol
