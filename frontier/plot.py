@@ -51,7 +51,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
         attacks = list(comparison.oat["attacks"])
     elif comparison.protocol:
         attacks = list(comparison.protocol["attacks"])
-    fig, (plane, by_lambda) = plt.subplots(1, 2, figsize=(13, 5.5), gridspec_kw={"width_ratios": [1.35, 1]})
+    fig, (plane, by_lambda) = plt.subplots(1, 2, figsize=(13, 6.5), gridspec_kw={"width_ratios": [1.35, 1]})
     pct = lambda values: [100 * v for v in values]  # noqa: E731
 
     fixed, trades = comparison.fixed_lambda, comparison.trades
@@ -89,11 +89,20 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
                               facecolors=colors if style["strong"] else "none", edgecolors=colors, linewidths=1)
             plane.scatter([], [], marker=style["marker"], s=28, facecolors="grey" if style["strong"] else "none",
                           edgecolors="grey", label=f"RA under {attack} alone")
+    # Zoom on the data: the interesting region is a few points of SA wide.
+    xs = [c.get_offsets()[:, 0] for c in plane.collections if len(c.get_offsets())]
+    ys = [c.get_offsets()[:, 1] for c in plane.collections if len(c.get_offsets())]
+    if xs:
+        low, high = min(min(v) for v in xs), max(max(v) for v in xs)
+        top = max(max(v) for v in ys)
+        span = max(high - low, 2.0)
+        plane.set_xlim(max(0.0, low - 0.15 * span), min(100.0, high + 0.1 * span) + 0.5)
+        plane.set_ylim(-1.0, min(100.0, top * 1.12 + 2.0))
     plane.set_xlabel("clean accuracy SA (%)")
     plane.set_ylabel("robust accuracy RA (%)")
     plane.set_title(title or "SA–RA trade-off")
     plane.grid(alpha=0.3)
-    plane.legend(fontsize=8, loc="lower left")
+    plane.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=3, frameon=False)
 
     if oat_points:
         lams = [p["lambda"] for p in oat_points]
@@ -111,7 +120,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
     by_lambda.set_title("one OAT model across λ vs one model per λ")
     by_lambda.set_xlim(-0.03, 1.03)
     by_lambda.grid(alpha=0.3)
-    by_lambda.legend(fontsize=8, loc="center right")
+    by_lambda.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]

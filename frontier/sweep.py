@@ -248,7 +248,7 @@ def run_tasks(tasks: list[tuple], workers: int = 1, log=print) -> None:
             _report(log, *_run_task(task))
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(full)), maxtasksperchild=1) as pool:
+    with context.Pool(min(workers, len(full))) as pool:
         for outcome in pool.imap_unordered(_run_task, full):
             _report(log, *outcome)
 

@@ -1,0 +1,106 @@
+"""Report, summary and plots of OAT vs the dedicated frontier; `oat plot`; `oat demo`."""
+
+import json
+
+import pytest
+import yaml
+
+from frontier.demo import run_demo
+from frontier.plot import plot
+from frontier.report import Comparison, find_results, summarize, write_report
+from oat.cli import main
+
+ATTACKS = ["pgd-20", "apgd"]
+
+
+def _point(lam, clean, pgd, apgd, flags=()):
+    return {"lambda": lam, "clean": clean, "robust": {"pgd-20": pgd, "apgd": apgd}, "robust_worst": min(pgd, apgd)}
+
+
+def _dedicated(name, kind, value, lam, clean, worst, seconds):
+    return {"name": name, "kind": kind, "value": value, "lambda": lam, "clean": clean,
+            "robust": {"pgd-20": worst + 0.02, "apgd": worst}, "robust_worst": worst, "train_seconds": seconds,
+            "epochs": 5, "flags": []}
+
+
+@pytest.fixture
+def comparison():
+    oat = {"attacks": ATTACKS, "n": 300, "eps": 0.3, "train_seconds": 30.0,
+           "points": [_point(0.0, 0.99, 0.02, 0.0), _point(0.4, 0.97, 0.30, 0.28), _point(1.0, 0.90, 0.52, 0.50)],
+           "flags": [{"lambda": 1.0, "kind": "pgd_above_autoattack", "message": "λ=1: test flag"}]}
+    dedicated = [
+        _dedicated("lambda-0", "fixed_lambda", 0.0, 0.0, 0.99, 0.0, 10.0),
+        _dedicated("lambda-0.4", "fixed_lambda", 0.4, 0.4, 0.98, 0.25, 40.0),
+        _dedicated("lambda-1", "fixed_lambda", 1.0, 1.0, 0.92, 0.50, 40.0),
+        _dedicated("trades-beta-6", "trades", 6.0, 1.0, 0.93, 0.45, 45.0),
+    ]
+    return Comparison(oat, dedicated, {"attacks": ATTACKS, "n": 300, "eps": None, "seed": 0})
+
+
+def test_summary_figures_are_computed_from_the_worst_case(comparison):
+    s = summarize(comparison)
+    # OAT front: (0.90, 0.50), (0.97, 0.28), (0.99, 0.0) → 0.90·0.50 + 0.07·0.28
+    assert s["hypervolume_oat"] == pytest.approx(0.90 * 0.50 + 0.07 * 0.28)
+    # frontier: (0.92, 0.50), (0.98, 0.25) → 0.92·0.50 + 0.06·0.25
+    assert s["hypervolume_frontier"] == pytest.approx(0.92 * 0.50 + 0.06 * 0.25)
+    assert s["hypervolume_ratio"] == pytest.approx(s["hypervolume_oat"] / s["hypervolume_frontier"])
+    assert s["train_seconds_oat"] == 30.0 and s["train_seconds_frontier"] == 90.0
+    assert s["cost_ratio"] == pytest.approx(30 / 90)
+    assert s["runs_frontier"] == 3 and s["runs_trades"] == 1
+    # OAT's λ = 1 point (0.90, 0.50) is behind lambda-1 (0.92, 0.50)? equal RA: not strictly in both → 0
+    assert s["gap"]["worst_deficit"] == pytest.approx(0.0)
+    assert [f["model"] for f in s["flags"]] == ["oat"]
+
+
+def test_report_and_summary_files(comparison, tmp_path):
+    summary = write_report(comparison, tmp_path)
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("hypervolume_oat", "hypervolume_frontier", "hypervolume_ratio", "train_seconds_oat",
+                "train_seconds_frontier", "cost_ratio", "flags"):
+        assert key in stored
+    assert stored == json.loads(json.dumps(summary))
+    report = (tmp_path / "report.md").read_text()
+    assert "hypervolume ratio OAT / frontier" in report and "pgd-20, apgd" in report
+    assert "| lambda-0.4 | 0.4 |" in report and "trades-beta-6" in report and "λ=1: test flag" in report
+
+
+def test_plot_writes_png_and_svg(comparison, tmp_path):
+    png, svg = plot(comparison, tmp_path / "figure.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    text = svg.read_text()
+    assert "<svg" in text and "clean accuracy SA (%)" in text and "β=6" in text and "λ=0.4" in text
+
+
+def _fake_runs(root, comparison):
+    run = root / "oat"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {"conditioned": True}}))
+    (run / "eval.json").write_text(json.dumps(comparison.oat))
+    sweep = root / "frontier"
+    sweep.mkdir()
+    (sweep / "frontier.json").write_text(json.dumps({"protocol": comparison.protocol, "points": comparison.dedicated}))
+
+
+def test_find_results_and_the_plot_command(comparison, tmp_path, capsys):
+    _fake_runs(tmp_path, comparison)
+    found = find_results([tmp_path])
+    assert found.oat["train_seconds"] == 30.0 and len(found.dedicated) == 4
+    assert main(["plot", str(tmp_path / "oat"), str(tmp_path / "frontier"), "--out", str(tmp_path / "p.png")]) == 0
+    assert (tmp_path / "p.png").exists() and (tmp_path / "p.svg").exists() and (tmp_path / "summary.json").exists()
+    assert "hypervolume ratio" in capsys.readouterr().out
+    assert main(["plot", str(tmp_path / "missing")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
+    tiny = {"train.epochs": 1, "attack.steps": 1, "eval.n": 40, "eval.attacks": ["fgsm", "pgd-3"]}
+    lines = []
+    summary = run_demo(tmp_path, workers=1, overrides=tiny, log=lines.append)
+    for name in ("frontier_plot.png", "frontier_plot.svg", "report.md", "summary.json"):
+        assert (tmp_path / name).exists()
+    assert summary["runs_frontier"] == 6 and summary["runs_trades"] == 3 and summary["runs_oat"] == 1
+    assert 0 < summary["hypervolume_ratio"] and 0 < summary["cost_ratio"]
+    assert any("hypervolume ratio" in line for line in lines)
+    again = []
+    run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)
+    assert sum("already finished" in line for line in again) == 10
