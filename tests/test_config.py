@@ -3,10 +3,13 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from oat.config import Config, ConfigError, apply_override, dump_config, from_dict, load_config
 
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+SWEEPS = [p for p in ALL if "base" in (yaml.safe_load(p.read_text()) or {})]  # `oat frontier` configs
+CONFIGS = [p for p in ALL if p not in SWEEPS]  # `oat train` configs
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -65,8 +68,6 @@ def test_malformed_and_missing_yaml_are_named(tmp_path):
 
 def test_dumped_config_round_trips():
     config = from_dict({"train": {"epochs": 7}, "model": {"options": {"film_width": 8}}})
-    import yaml
-
     assert from_dict(yaml.safe_load(dump_config(config))) == config
 
 
@@ -84,3 +85,12 @@ def test_every_shipped_config_builds_its_model_objective_and_sampler(path):
     make_objective(config.objective.name, eps=config.attack.eps or 0.1, steps=config.attack.steps,
                    alpha=config.attack.alpha, **config.objective.params)
     make_sampler(config.lambdas.sampler, **config.lambdas.params)
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_every_shipped_sweep_config_loads_with_its_base(path):
+    from frontier.sweep import load_sweep, make_points
+
+    sweep, base = load_sweep(path)
+    points = make_points(sweep, base)
+    assert points and all(not p.config.model.conditioned for p in points)
