@@ -26,10 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import yaml
 
 import models
-from oat.config import Config, ConfigError, EvalConfig, apply_override, from_dict, load_config
+from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 DEFAULT_BETAS = (0.0, 1.0, 3.0, 6.0, 10.0)
@@ -95,13 +94,7 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
     """Read a sweep config and its base training config (with the sweep's and the caller's
     ``key=value`` overrides applied to the base)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ConfigError(f"malformed YAML in {path}: {getattr(error, 'problem', error)}") from None
-    sweep = from_dict(data, SweepConfig)
+    sweep = from_dict(read_yaml_mapping(path, "sweep config"), SweepConfig)
     if not sweep.base:
         raise ConfigError(f"{path}: the sweep needs 'base', the training config its points derive from")
     base_path = (path.parent / sweep.base).resolve()
