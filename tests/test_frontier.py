@@ -58,15 +58,17 @@ def test_shards_partition_the_points():
 
 
 def test_a_killed_sweep_reruns_without_retraining_finished_points(tmp_path):
-    path = write_sweep(tmp_path, values=(0.0, 0.4, 1.0), epochs=3)
+    path = write_sweep(tmp_path, values=(0.0, 0.4, 1.0), epochs=4)
     out = tmp_path / "out"
     process = subprocess.Popen([sys.executable, "-m", "oat", "frontier", "--config", str(path), "--out", str(out),
                                 "--quiet"], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first = out / "points" / "lambda-0" / "eval.json"
     second = out / "points" / "lambda-0.4" / "metrics.jsonl"
+    # Kill once the second point has its first checkpoint: it is then certainly unfinished.
+    second_checkpoint = second.with_name("checkpoint.pt")
     deadline = time.time() + 300
-    while time.time() < deadline and not (first.exists() and second.exists() and second.read_text().strip()):
+    while time.time() < deadline and not (first.exists() and second_checkpoint.exists()):
         assert process.poll() is None, "the sweep finished before it could be killed"
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
@@ -74,7 +76,7 @@ def test_a_killed_sweep_reruns_without_retraining_finished_points(tmp_path):
     finished_checkpoint = out / "points" / "lambda-0" / "checkpoint.pt"
     stamp = finished_checkpoint.stat().st_mtime_ns
     partial_epochs = len(second.read_text().splitlines())
-    assert 1 <= partial_epochs < 3  # killed in the middle of the second point
+    assert 1 <= partial_epochs < 4  # killed in the middle of the second point
 
     rerun = oat("frontier", "--config", str(path), "--out", str(out))
     assert rerun.returncode == 0, rerun.stderr
@@ -85,9 +87,9 @@ def test_a_killed_sweep_reruns_without_retraining_finished_points(tmp_path):
     assert [p["name"] for p in summary["points"]] == ["lambda-0", "lambda-0.4", "lambda-1"]
     assert summary["missing"] == []
     for point in summary["points"]:
-        assert point["epochs"] == 3 and 0 <= point["robust"]["fgsm"] <= point["clean"] <= 1
+        assert point["epochs"] == 4 and 0 <= point["robust"]["fgsm"] <= point["clean"] <= 1
     metrics = (out / "points" / "lambda-0.4" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in metrics] == [1, 2, 3, 4]
 
 
 def test_shards_and_workers_share_one_output_directory(tmp_path):
