@@ -16,6 +16,7 @@ import json
 import time
 from pathlib import Path
 
+from oat.checkpoint import write_text_atomic
 from oat.config import Config, from_dict
 
 from .plot import plot
@@ -66,7 +67,7 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | 
             f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
     run_tasks(tasks, workers, log)
     summary_rows = collect(frontier_dir, points, protocol)
-    (frontier_dir / FRONTIER_JSON).write_text(json.dumps(summary_rows, indent=2) + "\n")
+    write_text_atomic(frontier_dir / FRONTIER_JSON, json.dumps(summary_rows, indent=2) + "\n")
 
     comparison = find_results([out])
     figures = plot(comparison, out / "frontier_plot", title="digits, ε = 0.3: one OAT model vs dedicated models")

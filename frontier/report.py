@@ -14,9 +14,10 @@ dedicated model together.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from oat.checkpoint import write_text_atomic
 
 from .pareto import gap, hypervolume, non_dominated
 
@@ -202,12 +203,6 @@ def write_report(comparison: Comparison, out_dir: str | Path, extra: dict | None
     out_dir.mkdir(parents=True, exist_ok=True)
     summary = summarize(comparison)
     summary.update(extra or {})
-    _write_atomic(out_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
-    _write_atomic(out_dir / REPORT_MD, format_report(comparison, summary))
+    write_text_atomic(out_dir / SUMMARY_JSON, json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out_dir / REPORT_MD, format_report(comparison, summary))
     return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 import models
+from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
@@ -190,8 +191,7 @@ def run_status(run_dir: Path, config: Config, protocol: Protocol) -> str:
 def run_one(run_dir: Path, config: Config, protocol: Protocol, lambdas: list[float], threads: int | None = None) -> dict:
     """Train (or resume) the run in ``run_dir`` and evaluate it at ``lambdas`` with ``protocol``,
     unless that was already done; returns the stored evaluation."""
-    from oat.evaluation import evaluate
-    from oat.runs import load_run
+    from oat.runs import evaluate_run, load_run
     from oat.trainer import train
 
     if threads:
@@ -202,20 +202,11 @@ def run_one(run_dir: Path, config: Config, protocol: Protocol, lambdas: list[flo
     result_path = run_dir / "eval.json"
     if status != "done":
         model, state = load_run(run_dir)
-        from oat import datasets
-
-        data = state["config"]["data"]
-        splits = datasets.load(data["name"], root=data["root"], **data["options"])
-        eps = state["eps"] if protocol.eps is None else protocol.eps
-        result = evaluate(model, splits, lambdas, protocol.attacks, eps=eps, n=protocol.n, seed=protocol.seed,
-                          batch_size=protocol.batch_size)
+        result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
+                              seed=protocol.seed, batch_size=protocol.batch_size)
         result["checkpoint"] = str(run_dir / "checkpoint.pt")
         result["protocol"] = protocol.as_dict()
-        result["train_seconds"] = float(state["train_seconds"])
-        result["epochs"] = int(state["epoch"])
-        tmp = result_path.with_name(".eval.json.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, result_path)
+        write_text_atomic(result_path, json.dumps(result, indent=2) + "\n")
     return json.loads(result_path.read_text())
 
 
@@ -266,9 +257,7 @@ def run_sweep(sweep: SweepConfig, base: Config, out: str | Path, workers: int = 
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     run_tasks(tasks, workers, log)
     summary = collect(out, make_points(sweep, base), protocol)
-    tmp = out / f".{FRONTIER_JSON}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, out / FRONTIER_JSON)
+    write_text_atomic(out / FRONTIER_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

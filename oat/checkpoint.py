@@ -42,6 +42,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
     _fsync_directory(path.parent)
 
 
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write a small text file (JSON, YAML, metrics) so readers see the old or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def _fsync_directory(directory: Path) -> None:
     try:  # make the rename itself durable; not every platform can open a directory
         fd = os.open(directory, os.O_RDONLY)

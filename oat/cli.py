@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -54,9 +53,9 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from . import datasets
-    from .evaluation import evaluate, print_table
-    from .runs import default_lambdas, load_run
+    from .checkpoint import write_text_atomic
+    from .evaluation import print_table
+    from .runs import default_lambdas, evaluate_run, load_run
 
     model, state = load_run(args.checkpoint, args.device)
     lambdas = _float_list(args.lambdas) if args.lambdas else default_lambdas(state)
@@ -64,27 +63,19 @@ def cmd_eval(args) -> int:
     eps = state["eps"] if args.eps is None else args.eps
     if not eps >= 0:
         raise UserError(f"--eps must be a non-negative number, got {eps}")
-    data = state["config"]["data"]
-    try:
-        splits = datasets.load(data["name"], root=args.data_root or data["root"], **data["options"])
-    except FileNotFoundError as error:
-        raise UserError(str(error).splitlines()[0]) from None
     n = args.n if args.n is not None else state["config"]["eval"]["n"]
     if n is not None and n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
     try:
-        result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=args.seed,
-                          batch_size=args.batch_size, show_progress=not args.quiet)
+        result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=args.seed,
+                              batch_size=args.batch_size, data_root=args.data_root, show_progress=not args.quiet)
+    except FileNotFoundError as error:
+        raise UserError(str(error).splitlines()[0]) from None
     except ValueError as error:
         raise UserError(str(error)) from None
     result["checkpoint"] = str(args.checkpoint)
-    result["train_seconds"] = float(state["train_seconds"])
-    result["epochs"] = int(state["epoch"])
     out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, out)
+    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {out}")
     return 0

@@ -232,9 +232,6 @@ class NormFactory:
             return BatchNorm2d(channels) if self.dims == 2 else BatchNorm1d(channels)
         return LambdaNorm(channels, self.config, film=film, dims=self.dims)
 
-    def with_dims(self, dims: int) -> "NormFactory":
-        return NormFactory(self.config, dims)
-
 
 def conditioning_overhead(conditioned: nn.Module, plain: nn.Module) -> float:
     """Extra parameters of a conditioned network relative to its plain twin (0.05 = +5%)."""

@@ -27,6 +27,7 @@ import torch.nn as nn
 
 from .attacks import CW, FGSM, PGD, autoattack
 from .attacks.base import eval_mode
+from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
 from .progress import Progress
 
@@ -167,10 +168,9 @@ def evaluate(
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
-    images, labels = _stack(dataset)
+    images, labels = dataset_tensors(dataset)
     index = subset_indices(len(labels), n, seed)
-    x_all = images[index].to(device)
-    x_all = x_all.float().div_(255) if x_all.dtype == torch.uint8 else x_all.float()
+    x_all = to_unit(images[index].to(device))
     y_all = labels[index].to(device)
     total = len(y_all)
 
@@ -211,13 +211,6 @@ def evaluate(
         "flags": consistency_flags(points, total),
         "seconds": time.perf_counter() - started,
     }
-
-
-def _stack(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
-        return dataset.images, dataset.labels
-    xs, ys = zip(*(dataset[i] for i in range(len(dataset))))
-    return torch.stack(xs), torch.as_tensor(ys, dtype=torch.long)
 
 
 def format_table(result: dict) -> str:

@@ -9,7 +9,6 @@ network encodes λ once per forward and hands the resulting :class:`Conditioning
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import asdict
 from typing import Sequence
 
 import torch
@@ -65,10 +64,6 @@ class LambdaNetwork(nn.Module, ABC):
     @abstractmethod
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         """Features → logits."""
-
-    def conditioning_dict(self) -> dict | None:
-        """The conditioning settings as a plain dict (for configs and checkpoints)."""
-        return None if self.conditioning is None else asdict(self.conditioning)
 
 
 def _per_channel(value, channels: int) -> torch.Tensor:

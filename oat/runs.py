@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .evaluation import UNSEEN_LAMBDAS
+from . import datasets
+from .evaluation import UNSEEN_LAMBDAS, evaluate
 from .trainer import build_model
 
 
@@ -36,6 +37,20 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
     except RuntimeError as error:
         raise CheckpointError(f"{path}: weights do not fit the network it describes ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), state
+
+
+def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
+                 seed: int = 0, batch_size: int = 500, data_root: str | None = None,
+                 show_progress: bool = False) -> dict:
+    """Evaluate a loaded run on its own dataset's test split (ε defaults to the training ε);
+    the result is :func:`oat.evaluate`'s dict plus the run's training seconds and epochs."""
+    data = state["config"]["data"]
+    splits = datasets.load(data["name"], root=data_root or data["root"], **data["options"])
+    result = evaluate(model, splits, lambdas, attacks, eps=state["eps"] if eps is None else eps, n=n, seed=seed,
+                      batch_size=batch_size, show_progress=show_progress)
+    result["train_seconds"] = float(state["train_seconds"])
+    result["epochs"] = int(state["epoch"])
+    return result
 
 
 def default_lambdas(state: dict) -> list[float]:

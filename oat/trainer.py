@@ -30,7 +30,7 @@ import models
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
 from .awp import AWP
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
 from .config import Config, ConfigError, dump_config, from_dict
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, setup,
                           teardown)
@@ -189,12 +189,6 @@ def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
     return [line for line in lines if json.loads(line).get("epoch", 0) <= upto_epoch]
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def validate(config: Config) -> None:
     """Checks that need several sections at once (single keys are typed by the loader)."""
     if config.train.epochs < 1:
@@ -287,7 +281,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             step_module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=raw_model.conditioned)
 
-    images, labels = _tensors(exp.splits.train)
+    images, labels = datasets.dataset_tensors(exp.splits.train)
     augment_kind = config.data.augment or info.augment
     per_rank = cfg.batch_size // env.world_size
     if per_rank < 2:
@@ -299,10 +293,10 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
 
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_text_atomic(out_dir / CONFIG, dump_config(config))
+        write_text_atomic(out_dir / CONFIG, dump_config(config))
         metrics_path = out_dir / METRICS
         kept = _read_metrics(metrics_path, start_epoch)
-        _write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
+        write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
     progress = Progress(cfg.epochs * steps_per_epoch, "train", enabled=show_progress and env.is_main,
                         start_done=start_epoch * steps_per_epoch)
     if env.is_main and show_progress:
@@ -328,7 +322,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
                     config.schedule.name, global_step / steps_per_epoch, cfg.epochs, config.schedule.milestones,
                     config.schedule.gamma, config.schedule.warmup_epochs)
             index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][env.rank::env.world_size]
-            x = _to_unit(images[index].to(device, non_blocking=True))
+            x = datasets.to_unit(images[index].to(device, non_blocking=True))
             y = labels[index].to(device, non_blocking=True)
             x = augment(x, augment_kind, aug_gen)
             if cfg.channels_last and device.type == "cuda":
@@ -403,15 +397,3 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
     return checkpoint_path
 
 
-def _tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
-    """Whole-dataset tensors (uint8 or float images, int64 labels), kept in memory."""
-    if hasattr(dataset, "images") and hasattr(dataset, "labels"):
-        return dataset.images, dataset.labels
-    loader = torch.utils.data.DataLoader(dataset, batch_size=512, num_workers=0)
-    xs, ys = zip(*loader)
-    return torch.cat(xs), torch.cat(ys).long()
-
-
-def _to_unit(images: torch.Tensor) -> torch.Tensor:
-    # uint8 stays uint8 through indexing and the host→device copy (4× less traffic), then scales.
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
