@@ -23,44 +23,71 @@ from .plot import plot
 from .report import find_results, write_report
 from .sweep import FRONTIER_JSON, POINTS_DIR, Protocol, SweepConfig, collect, make_points, run_tasks
 
-# The OAT model: small CNN on 8×8 digits, ε = 0.3, λ per example from the reference set.
+# What every model of the demo shares: data, architecture, ε, training attack, optimiser, epochs
+# and the evaluation protocol. ε = 0.25: on 8×8 digits ε = 0.3 (MNIST's radius, for 28×28 images)
+# leaves a dedicated λ = 1 model at ~18% AutoAttack accuracy after 20 epochs and still climbing, so
+# a short run compares training budgets more than methods; at 0.25 it reaches ~35–40%.
 DEMO_BASE = {
     "data": {"name": "digits"},
     # 16/32 channels: a quarter of the default's convolution cost, ample for 8×8 digits.
     "model": {"name": "small_cnn", "conditioned": True, "options": {"channels": [16, 32]}},
     "objective": {"name": "pgd"},
-    "attack": {"eps": 0.3, "steps": 5},
+    "attack": {"eps": 0.25, "steps": 5},
     "lambdas": {"sampler": "reference", "params": {"values": [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]}},
     "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
     "schedule": {"name": "cosine"},
     "train": {"epochs": 20, "batch_size": 64, "seed": 0},
     "eval": {"attacks": ["pgd-20", "apgd"], "n": 200, "seed": 0},
 }
+# The OAT model's own settings on top of the base. λ ~ Beta(8, 1) with 1/6 of every batch forced
+# to λ = 0 (the reference's share) instead of the reference set, where λ = 1 gets a sixth of each
+# batch: on digits clean accuracy is learnt in a few epochs, while the robust end of the curve
+# needs most of the adversarial signal (measured over 4 seeds at ε = 0.25, 360 test digits,
+# AutoAttack's APGD pair: best OAT RA 38.4% with Beta(8, 1), 34.9% with Beta(4, 1), against
+# 38.3% for the dedicated λ = 1 model). 22 epochs: one OAT run may cost up to a third of the six
+# dedicated runs (the issue's budget); 22 epochs cost about 0.29 of them on 2 CPU cores.
+DEMO_OAT = {
+    "lambdas": {"sampler": "beta", "params": {"a": 8.0, "b": 1.0}},
+    "train.epochs": 22,
+}
 DEMO_SWEEP = {
     "fixed_lambda": {"values": [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]},
     "trades": {"betas": [1.0, 3.0, 6.0], "beta_max": 6.0},
 }
-DEMO_LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0]  # the training values and two unseen ones
+DEMO_LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0]  # the dedicated values and two others
 
 
-def demo_configs(overrides: dict | None = None) -> tuple[Config, SweepConfig]:
-    data = json.loads(json.dumps(DEMO_BASE))
-    for key, value in (overrides or {}).items():
-        section, name = key.split(".", 1)
-        data[section][name] = value
-    return from_dict(data), from_dict(DEMO_SWEEP, SweepConfig)
+def _apply(data: dict, overrides: dict) -> None:
+    """Set ``section.name`` keys (or whole ``section`` values) of a config dict in place."""
+    for key, value in overrides.items():
+        if "." in key:
+            section, name = key.split(".", 1)
+            data[section][name] = value
+        else:
+            data[key] = json.loads(json.dumps(value))
+
+
+def demo_configs(overrides: dict | None = None) -> tuple[Config, Config, SweepConfig]:
+    """(OAT config, base config of the dedicated baselines, sweep). ``overrides`` (``section.name``
+    keys) apply to both configs, after the OAT model's own settings."""
+    base = json.loads(json.dumps(DEMO_BASE))
+    _apply(base, overrides or {})
+    oat = json.loads(json.dumps(DEMO_BASE))
+    _apply(oat, DEMO_OAT)
+    _apply(oat, overrides or {})
+    return from_dict(oat), from_dict(base), from_dict(DEMO_SWEEP, SweepConfig)
 
 
 def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | None = None, log=print) -> dict:
     """Run the demo into ``out``; returns the summary (also in ``out/summary.json``)."""
     out = Path(out)
     started = time.perf_counter()
-    base, sweep = demo_configs(overrides)
+    oat, base, sweep = demo_configs(overrides)
     protocol = Protocol.from_eval(base.eval)
     points = make_points(sweep, base)
     frontier_dir = out / "frontier"
     # The OAT model first: it is the longest task, so the dedicated runs fill the other worker.
-    tasks = [("oat", str(out / "oat"), base, protocol, DEMO_LAMBDAS)]
+    tasks = [("oat", str(out / "oat"), oat, protocol, DEMO_LAMBDAS)]
     tasks += [(p.name, str(frontier_dir / POINTS_DIR / p.name), p.config, protocol, [p.lam]) for p in points]
     if log:
         log(f"oat demo: 1 OAT model + {len(points)} dedicated baselines on digits (ε = {base.attack.eps}), "
@@ -70,7 +97,7 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | 
     write_text_atomic(frontier_dir / FRONTIER_JSON, json.dumps(summary_rows, indent=2) + "\n")
 
     comparison = find_results([out])
-    figures = plot(comparison, out / "frontier_plot", title="digits, ε = 0.3: one OAT model vs dedicated models")
+    figures = plot(comparison, out / "frontier_plot", title=f"digits, ε = {base.attack.eps:g}: one OAT model vs dedicated models")
     summary = write_report(comparison, out, extra={"demo_seconds": time.perf_counter() - started,
                                                   "plots": [str(p) for p in figures]})
     if log:

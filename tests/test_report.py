@@ -5,9 +5,10 @@ import json
 import pytest
 import yaml
 
-from frontier.demo import run_demo
+from frontier.demo import demo_configs, run_demo
 from frontier.plot import plot
 from frontier.report import Comparison, find_results, summarize, write_report
+from frontier.sweep import make_points
 from oat.cli import main
 
 ATTACKS = ["pgd-20", "apgd"]
@@ -104,3 +105,20 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
     again = []
     run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)
     assert sum("already finished" in line for line in again) == 10
+
+
+def test_demo_oat_model_and_dedicated_baselines_share_everything_but_sampler_and_epochs():
+    oat, base, sweep = demo_configs()
+    points = make_points(sweep, base)
+    assert len([p for p in points if p.kind == "fixed_lambda"]) >= 4
+    assert len([p for p in points if p.kind == "trades"]) >= 3
+    for point in points:
+        cfg = point.config
+        assert (cfg.data, cfg.attack, cfg.optim, cfg.schedule, cfg.eval) == (
+            oat.data, oat.attack, oat.optim, oat.schedule, oat.eval)
+        assert cfg.model.name == oat.model.name and cfg.model.options == {"channels": [16, 32]}
+        assert cfg.train.epochs < oat.train.epochs and not cfg.model.conditioned
+    assert oat.lambdas.sampler == "beta" and oat.model.conditioned
+    # Overrides reach both sides, after the OAT model's own settings.
+    oat, base, _ = demo_configs({"train.epochs": 2, "attack.eps": 0.1})
+    assert oat.train.epochs == base.train.epochs == 2 and oat.attack.eps == base.attack.eps == 0.1
