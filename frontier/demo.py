@@ -43,9 +43,9 @@ DEMO_BASE = {
 # to λ = 0 (the reference's share) instead of the reference set, where λ = 1 gets a sixth of each
 # batch: on digits clean accuracy is learnt in a few epochs, while the robust end of the curve
 # needs most of the adversarial signal (measured over 4 seeds at ε = 0.25, 360 test digits,
-# AutoAttack's APGD pair: best OAT RA 38.4% with Beta(8, 1), 34.9% with Beta(4, 1), against
+# AutoAttack's APGD pair, OAT 24 epochs: best OAT RA 38.4% with Beta(8, 1), 34.9% with Beta(4, 1), vs
 # 38.3% for the dedicated λ = 1 model). 22 epochs: one OAT run may cost up to a third of the six
-# dedicated runs (the budget); 22 epochs cost about 0.29 of them on 2 CPU cores.
+# dedicated runs (the budget); 22 epochs measured 0.26–0.28 of them on 2 CPU cores.
 DEMO_OAT = {
     "lambdas": {"sampler": "beta", "params": {"a": 8.0, "b": 1.0}},
     "train.epochs": 22,
