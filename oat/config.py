@@ -214,12 +214,17 @@ def apply_override(data: dict, item: str) -> None:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
-    parts = key.strip().split(".")
+    set_key(data, key.strip(), value)
+
+
+def set_key(data: dict, key: str, value: Any) -> None:
+    """Set dotted ``key`` (``section.name``, nested as deep as needed) of dict ``data`` to ``value``."""
+    parts = key.split(".")
     node = data
     for part in parts[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise ConfigError(f"override {item!r}: '{part}' is not a section")
+            raise ConfigError(f"override {key!r}: '{part}' is not a section")
         node = child
     node[parts[-1]] = value
 
