@@ -11,6 +11,13 @@ OAT (Wang et al., NeurIPS 2020) conditions one network on the trade-off weight �
   as soon as the batch is shuffled or sharded), in train and eval mode, and only the BN an
   example used sees it, so only its running statistics move.
 
+With BatchNorm in eval mode (attacks, evaluation) a norm layer is one per-example affine map:
+BN's running statistics and FiLM's (γ, β) fold into a scale and shift per example and channel,
+one ``addcmul`` instead of a routed BN and a FiLM. Attacks go further: they build their
+conditioning once per call with ``frozen=True``, so each layer's scale and shift are computed once
+and reused by every step of the attack (parameters are constants there; no attack needs their
+gradients).
+
 Everything the encoders hold (the random orthogonal table included) is a registered buffer, so a
 saved and reloaded model conditions identically — the reference implementation regenerated its
 random encoding on resume.
@@ -65,7 +72,8 @@ class Conditioning(NamedTuple):
 
     lam: λ per example, shape [B]. code: the λ encoding, shape [B, code_dim].
     n_clean: how many examples have λ = 0. order / inverse: a permutation putting the λ = 0
-    examples first, and its inverse (only set when the batch mixes both kinds).
+    examples first, and its inverse (only set when the batch mixes both kinds). eval_affine: in a
+    frozen conditioning, each norm layer's eval-mode (scale, shift) once computed; else None.
     """
 
     lam: torch.Tensor
@@ -73,9 +81,13 @@ class Conditioning(NamedTuple):
     n_clean: int
     order: torch.Tensor | None
     inverse: torch.Tensor | None
+    eval_affine: dict | None = None
 
     @classmethod
-    def build(cls, lam: torch.Tensor, code: torch.Tensor) -> "Conditioning":
+    def build(cls, lam: torch.Tensor, code: torch.Tensor, frozen: bool = False) -> "Conditioning":
+        """``frozen=True``: an attack's conditioning. Each norm layer's eval-mode scale and shift
+        are computed once, without parameter gradients, and kept in ``eval_affine`` for the
+        attack's later forward passes (valid while the parameters do not change)."""
         clean = lam == 0
         n_clean = int(clean.sum())  # one device sync per forward, not one per layer
         order = inverse = None
@@ -83,7 +95,7 @@ class Conditioning(NamedTuple):
             order = torch.cat([clean.nonzero().squeeze(1), (~clean).nonzero().squeeze(1)])
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel(), device=order.device)
-        return cls(lam, code, n_clean, order, inverse)
+        return cls(lam, code, n_clean, order, inverse, {} if frozen else None)
 
 
 class SinusoidalEncoder(nn.Module):
@@ -157,10 +169,15 @@ class FiLM(nn.Module):
         nn.init.zeros_(self.mlp[2].weight)
         nn.init.zeros_(self.mlp[2].bias)
 
-    def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    def modulation(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(γ, β)``, each ``[B, channels]``, for λ codes ``[B, code_dim]``."""
         delta_gamma, beta = self.mlp(code).chunk(2, dim=1)
+        return 1 + delta_gamma, beta
+
+    def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.modulation(code)
         shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
-        return torch.addcmul(beta.reshape(shape), h, 1 + delta_gamma.reshape(shape))
+        return torch.addcmul(beta.reshape(shape), h, gamma.reshape(shape))
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -210,10 +227,53 @@ class LambdaNorm(nn.Module):
         self.film = FiLM(channels, config.code_dim, config.film_width) if (film and config.film) else None
 
     def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if self._batch_norms_in_eval_mode():
+            scale, shift = self.eval_affine(cond)
+            shape = (h.shape[0], -1) + (1,) * (h.dim() - 2)
+            return torch.addcmul(shift.reshape(shape), h, scale.reshape(shape))
         h = self.bn(h, cond) if isinstance(self.bn, DualBatchNorm) else self.bn(h)
         if self.film is not None:
             h = self.film(h, cond.code)
         return h
+
+    def _batch_norms(self) -> tuple[nn.Module, ...]:
+        return (self.bn.bn_clean, self.bn.bn_adv) if isinstance(self.bn, DualBatchNorm) else (self.bn,)
+
+    def _batch_norms_in_eval_mode(self) -> bool:
+        return all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
+
+    def eval_affine(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example ``(scale, shift)``, each ``[B, C]``, such that this layer in eval mode maps
+        ``h`` to ``scale ⊙ h + shift``: the routed BN's running-statistics affine, then FiLM."""
+        if cond.eval_affine is None:
+            return self._eval_affine(cond)
+        key = id(self)
+        if key not in cond.eval_affine:
+            with torch.no_grad():
+                cond.eval_affine[key] = self._eval_affine(cond)
+        return cond.eval_affine[key]
+
+    def _eval_affine(self, cond: Conditioning) -> tuple[torch.Tensor, torch.Tensor]:
+        affines = []
+        for bn in self._batch_norms():
+            scale = torch.rsqrt(bn.running_var + bn.eps)
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            shift = -bn.running_mean * scale
+            if bn.bias is not None:
+                shift = shift + bn.bias
+            affines.append((scale, shift))
+        batch = cond.lam.shape[0]
+        if len(affines) == 2:
+            clean = (cond.lam == 0)[:, None]
+            (clean_scale, clean_shift), (adv_scale, adv_shift) = affines
+            scale, shift = torch.where(clean, clean_scale, adv_scale), torch.where(clean, clean_shift, adv_shift)
+        else:
+            scale, shift = affines[0][0].expand(batch, -1), affines[0][1].expand(batch, -1)
+        if self.film is not None:
+            gamma, beta = self.film.modulation(cond.code)
+            scale, shift = scale * gamma, torch.addcmul(beta, shift, gamma)
+        return scale, shift
 
 
 @dataclass

@@ -44,13 +44,22 @@ class LambdaNetwork(nn.Module, ABC):
     def conditioned(self) -> bool:
         return self.conditioning is not None
 
-    def condition(self, lam: torch.Tensor) -> Conditioning:
-        return Conditioning.build(lam, self.encoder(lam))
+    def condition(self, lam: torch.Tensor, frozen: bool = False) -> Conditioning:
+        """What the layers need to know about λ ``[B]``; ``frozen=True`` for an attack's repeated
+        forward passes (see :class:`~oat.conditioning.Conditioning`)."""
+        return Conditioning.build(lam, self.encoder(lam), frozen)
 
     def forward(self, x: torch.Tensor, lam=None) -> torch.Tensor:
-        """Logits of images ``x`` in [0, 1] at trade-off ``lam`` (float or tensor of shape [B])."""
+        """Logits of images ``x`` in [0, 1] at trade-off ``lam`` (float or tensor of shape [B], or
+        a :class:`~oat.conditioning.Conditioning` from :meth:`condition` for this batch size)."""
         cond = None
-        if self.conditioned:
+        if isinstance(lam, Conditioning):
+            if not self.conditioned:
+                raise ValueError("a plain network takes no Conditioning")
+            if lam.lam.shape[0] != x.shape[0]:
+                raise ValueError(f"the conditioning is for {lam.lam.shape[0]} examples, the batch has {x.shape[0]}")
+            cond = lam
+        elif self.conditioned:
             cond = self.condition(as_lambda(lam, x.shape[0], x.device))
         elif lam is not None:
             as_lambda(lam, x.shape[0], x.device)  # validate even though a plain net ignores it

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import models
+import oat
 from oat.attacks import CW, FGSM, PGD, Attack, AutoAttackResult, TradesKL, autoattack, fosc, reference_step_size
 
 
@@ -437,3 +438,31 @@ def test_autoattack_rejects_bad_arguments(trained):
         autoattack(trained, x, y, 0.5, eps=0.1, norm="L3")
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         autoattack(trained, x + 1, y, 0.5, eps=0.1)
+
+
+def test_attack_conditions_once_per_call_and_finds_what_the_per_step_path_finds(trained, digits):
+    """Attacks build a frozen conditioning (each layer's λ-affine once per call, not once per step);
+    a wrapper that hides the network from that fast path must get the very same examples."""
+
+    class Opaque(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x, lam):
+            return self.net(x, lam)
+
+    x, y = digits[0][:8], digits[1][:8]
+    lam = torch.tensor([0.0, 0.3, 1.0, 0.0, 0.7, 0.1, 1.0, 0.5])
+    mlp_calls = []
+    films = [m for m in trained.modules() if isinstance(m, oat.FiLM)]
+    handles = [film.mlp.register_forward_hook(lambda *args: mlp_calls.append(1)) for film in films]
+    try:
+        fast = PGD(0.1, steps=10, seed=3)(trained, x, y, lam)
+        assert len(mlp_calls) == len(films)
+        slow = PGD(0.1, steps=10, seed=3)(Opaque(trained), x, y, lam)
+        assert len(mlp_calls) > 10 * len(films)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert torch.equal(fast, slow)

@@ -229,3 +229,59 @@ def test_fix_lambda_is_a_plain_module_equal_to_the_conditioned_call():
         oat.fix_lambda(net, 1.1)
     with pytest.raises(ValueError, match="NaN"):
         oat.fix_lambda(net, math.nan)
+
+
+# ---------------------------------------------------------------- eval mode: one affine map per layer
+def _distinct_norms(net):
+    """Random FiLM and distinct running statistics in every BN, so no shortcut hides a mistake."""
+    _randomise_film(net)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                channels = module.num_features
+                module.running_mean.copy_(torch.randn(channels, generator=generator))
+                module.running_var.copy_(torch.rand(channels, generator=generator) + 0.5)
+                module.weight.copy_(torch.randn(channels, generator=generator))
+                module.bias.copy_(torch.randn(channels, generator=generator))
+
+
+@pytest.mark.parametrize("dual_bn", [True, False])
+@pytest.mark.parametrize("film", [True, False])
+@pytest.mark.parametrize("lam", [[0, 0, 0, 0], [0.3, 1, 0.1, 0.5], [0, 0.4, 0, 1]])
+def test_eval_mode_norm_is_the_routed_bn_then_film(dual_bn, film, lam):
+    torch.manual_seed(0)
+    layer = LambdaNorm(3, ConditioningConfig(dual_bn=dual_bn, film=film, code_dim=4))
+    _distinct_norms(layer)
+    layer.eval()
+    h, code = torch.randn(4, 3, 5, 5), torch.randn(4, 4)
+    cond = Conditioning.build(torch.tensor(lam, dtype=torch.float32), code)
+    expected = layer.bn(h, cond) if dual_bn else layer.bn(h)
+    if film:
+        expected = layer.film(expected, code)
+    assert torch.allclose(layer(h, cond), expected, atol=1e-5)
+
+
+def test_frozen_conditioning_computes_each_layer_once_and_gives_the_same_logits():
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8)
+    _distinct_norms(net)
+    net.eval()
+    x, lam = torch.rand(6, 1, 8, 8), torch.tensor([0.0, 0.1, 0.2, 0.0, 0.4, 1.0])
+    mlp_calls = []
+    for module in net.modules():
+        if isinstance(module, oat.FiLM):
+            module.mlp.register_forward_hook(lambda *args: mlp_calls.append(1))
+    films = sum(isinstance(m, oat.FiLM) for m in net.modules())
+    frozen = net.condition(lam, frozen=True)
+    first = net(x, frozen)
+    second = net(x.flip(0), frozen)
+    assert len(mlp_calls) == films  # once per FiLM layer for both forwards
+    assert len(frozen.eval_affine) == sum(isinstance(m, LambdaNorm) for m in net.modules())
+    assert all(not scale.requires_grad for scale, _ in frozen.eval_affine.values())
+    assert torch.equal(first, net(x, lam)) and torch.equal(second, net(x.flip(0), lam))
+    assert len(mlp_calls) == 3 * films  # an ordinary forward evaluates every FiLM again
+    with pytest.raises(ValueError, match="6 examples, the batch has 2"):
+        net(x[:2], frozen)
+    with pytest.raises(ValueError, match="plain network"):
+        models.create("small_cnn", input_size=8, conditioned=False)(x, frozen)

@@ -25,12 +25,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..lam import as_lambda
+from ..network import LambdaNetwork
+
 LOSSES = ("ce", "cw")
 
 
 def forward(model: nn.Module, x: torch.Tensor, lam) -> torch.Tensor:
     """Logits of ``model`` at ``x``: ``model(x)`` when ``lam`` is None, else ``model(x, lam)``."""
     return model(x) if lam is None else model(x, lam)
+
+
+def frozen_lambda(model: nn.Module, lam, x: torch.Tensor):
+    """``lam`` as an attack on ``model`` at ``x`` should pass it: for a conditioned
+    :class:`~oat.network.LambdaNetwork`, a frozen conditioning built once for the whole attack
+    (each layer's λ-dependent scale and shift computed once, not once per step); else ``lam``."""
+    if lam is None or not isinstance(model, LambdaNetwork) or not model.conditioned:
+        return lam
+    return model.condition(as_lambda(lam, x.shape[0], x.device), frozen=True)
 
 
 @contextmanager
@@ -150,7 +162,7 @@ class Attack(ABC):
         self._check_inputs(x, y)
         x = x.detach()
         with eval_mode(model), torch.enable_grad():
-            x_adv = self.perturb(model, x, y, lam)
+            x_adv = self.perturb(model, x, y, frozen_lambda(model, lam, x))
         return x_adv.detach()
 
     @abstractmethod
