@@ -9,6 +9,7 @@ Right panel: SA and RA of the OAT model against λ, with the dedicated fixed-λ 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -43,6 +44,51 @@ def _staircase(front: list[tuple[float, float]]) -> tuple[list[float], list[floa
     return xs, ys
 
 
+@dataclass
+class Labels:
+    """One series' point labels: colour, offset from the point (typographic points), alignment,
+    prefix (``"λ="``) and the (value, point) pairs to label."""
+
+    color: str
+    offset: tuple[float, float]
+    ha: str
+    prefix: str
+    points: list[tuple[float, dict]]
+
+
+def place_labels(ax, series: list[Labels], fontsize: float = 8.0) -> list:
+    """Label the series' points legibly; returns the texts drawn.
+
+    Points of one series at the same place share one label (``0.2, 0.4``). A label that would
+    overlap another label on the same side of its point (closer than one line vertically, and
+    near it horizontally) moves up past it, so labels of points a fraction of a percent apart stay
+    readable. Call it after the axes' limits and the figure's layout are final: the spacing is
+    worked out in display units.
+    """
+    to_points = 72.0 / ax.figure.dpi
+    line = 1.25 * fontsize / to_points  # one line of text, in pixels
+    wanted = []  # (target y, x, anchor y, series, (SA, RA), values), in pixels
+    for labels in series:
+        groups: dict[tuple[float, float], list[float]] = {}
+        for value, p in labels.points:
+            groups.setdefault((round(100 * p["clean"], 6), round(100 * p["robust_worst"], 6)), []).append(value)
+        for anchor, values in groups.items():
+            x, y = ax.transData.transform(anchor)
+            wanted.append((y + labels.offset[1] / to_points, x, y, labels, anchor, values))
+    placed: dict[str, list[tuple[float, float]]] = {}  # per side: (x, y) of the labels drawn
+    texts = []
+    for target, x, y, labels, anchor, values in sorted(wanted, key=lambda w: (w[0], w[1])):
+        side = placed.setdefault(labels.ha, [])
+        for other_x, other_y in sorted(side, key=lambda xy: xy[1]):
+            if abs(other_x - x) < 4 * line and abs(other_y - target) < line:
+                target = other_y + line
+        side.append((x, target))
+        text = labels.prefix + ", ".join(f"{v:g}" for v in sorted(values))
+        texts.append(ax.annotate(text, anchor, textcoords="offset points", fontsize=fontsize, color=labels.color,
+                                 xytext=(labels.offset[0], (target - y) * to_points), ha=labels.ha))
+    return texts
+
+
 def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> list[Path]:
     """Draw the comparison; writes ``out`` with suffix .png and .svg and returns both paths."""
     out = Path(out)
@@ -55,28 +101,23 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
     pct = lambda values: [100 * v for v in values]  # noqa: E731
 
     fixed, trades = comparison.fixed_lambda, comparison.trades
+    labels: list[Labels] = []  # drawn last, once the axes' limits and size are final
     if fixed:
         xs, ys = _staircase(non_dominated(sa_ra(fixed)))
         plane.plot(pct(xs), pct(ys), "--", color=FIXED_COLOR, lw=1.5, alpha=0.8,
                    label=f"dedicated fixed-λ frontier ({len(fixed)} runs)")
         plane.scatter(pct([p["clean"] for p in fixed]), pct([p["robust_worst"] for p in fixed]), s=55,
                       color=FIXED_COLOR, zorder=3, label="dedicated fixed-λ model (worst case)")
-        for p in fixed:
-            plane.annotate(f"λ={p['lambda']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
-                           xytext=(6, -11), fontsize=8, color=FIXED_COLOR)
+        labels.append(Labels(FIXED_COLOR, (6, -11), "left", "λ=", [(p["lambda"], p) for p in fixed]))
     if trades:
         plane.scatter(pct([p["clean"] for p in trades]), pct([p["robust_worst"] for p in trades]), s=70,
                       marker="D", color=TRADES_COLOR, zorder=3, label=f"fixed-β TRADES ({len(trades)} runs)")
-        for p in trades:
-            plane.annotate(f"β={p['value']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
-                           xytext=(6, 4), fontsize=8, color=TRADES_COLOR)
+        labels.append(Labels(TRADES_COLOR, (6, 4), "left", "β=", [(p["value"], p) for p in trades]))
     oat_points = sorted(comparison.oat["points"], key=lambda p: p["lambda"]) if comparison.oat else []
     if oat_points:
         plane.plot(pct([p["clean"] for p in oat_points]), pct([p["robust_worst"] for p in oat_points]), "-o",
                    color=OAT_COLOR, lw=2, ms=6, zorder=4, label="OAT, one model (worst case)")
-        for p in oat_points:
-            plane.annotate(f"{p['lambda']:g}", (100 * p["clean"], 100 * p["robust_worst"]), textcoords="offset points",
-                           xytext=(-4, 7), fontsize=8, color=OAT_COLOR, ha="right")
+        labels.append(Labels(OAT_COLOR, (-4, 7), "right", "", [(p["lambda"], p) for p in oat_points]))
     if len(attacks) > 1:  # per-attack markers show how much each attack finds
         for attack in attacks:
             style = _attack_marker(attack)
@@ -122,6 +163,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
     by_lambda.grid(alpha=0.3)
     by_lambda.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
     fig.tight_layout()
+    place_labels(plane, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]
     fig.savefig(paths[0], dpi=130)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from frontier.demo import demo_configs, run_demo
-from frontier.plot import plot
+from frontier.plot import Labels, place_labels, plot
 from frontier.report import Comparison, find_results, summarize, write_report
 from frontier.sweep import make_points
 from oat.cli import main
@@ -70,6 +70,28 @@ def test_plot_writes_png_and_svg(comparison, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     text = svg.read_text()
     assert "<svg" in text and "clean accuracy SA (%)" in text and "β=6" in text and "λ=0.4" in text
+
+
+def test_point_labels_merge_coincident_points_and_never_overlap():
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.set_xlim(96, 100), ax.set_ylim(0, 70)
+    # The demo's crowded corner: OAT points a fraction of a percent apart, two at the same place,
+    # and a fixed-λ label on the same side as two TRADES labels.
+    oat = [(lam, {"clean": 0.995, "robust_worst": ra}) for lam, ra in
+           [(0.1, 0.565), (0.2, 0.59), (0.3, 0.61), (0.4, 0.59), (0.7, 0.585), (1.0, 0.60)]]
+    fixed = [(1.0, {"clean": 0.99, "robust_worst": 0.57})]
+    trades = [(1.0, {"clean": 0.99, "robust_worst": 0.535}), (3.0, {"clean": 0.99, "robust_worst": 0.55})]
+    texts = place_labels(ax, [Labels("C0", (-4, 7), "right", "", oat), Labels("C3", (6, -11), "left", "λ=", fixed),
+                              Labels("C2", (6, 4), "left", "β=", trades)])
+    assert sorted(t.get_text() for t in texts) == ["0.1", "0.2, 0.4", "0.3", "0.7", "1", "β=1", "β=3", "λ=1"]
+    renderer = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(renderer) for t in texts]
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), "two point labels overlap"
+    plt.close(fig)
 
 
 def _fake_runs(root, comparison):
