@@ -13,16 +13,14 @@ per-example worst case over both.
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 
-from oat.checkpoint import write_text_atomic
 from oat.config import Config, from_dict, set_key
 
 from .plot import plot
 from .report import find_results, write_report
-from .sweep import FRONTIER_JSON, POINTS_DIR, Protocol, SweepConfig, collect, make_points, run_tasks
+from .sweep import Protocol, SweepConfig, make_points, point_tasks, run_tasks, write_frontier
 
 # What every model of the demo shares: data, architecture, ε, training attack, optimiser, epochs
 # and the evaluation protocol. ε = 0.2 (the radius of SCIENCE.md's digits measurements): on 8×8
@@ -83,13 +81,12 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | 
     frontier_dir = out / "frontier"
     # The OAT model first: it is the longest task, so the dedicated runs fill the other worker.
     tasks = [("oat", str(out / "oat"), oat, protocol, DEMO_LAMBDAS)]
-    tasks += [(p.name, str(frontier_dir / POINTS_DIR / p.name), p.config, protocol, [p.lam]) for p in points]
+    tasks += point_tasks(points, frontier_dir, protocol)
     if log:
         log(f"oat demo: 1 OAT model + {len(points)} dedicated baselines on digits (ε = {base.attack.eps}), "
             f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
     run_tasks(tasks, workers, log)
-    summary_rows = collect(frontier_dir, points, protocol)
-    write_text_atomic(frontier_dir / FRONTIER_JSON, json.dumps(summary_rows, indent=2) + "\n")
+    write_frontier(frontier_dir, points, protocol)
 
     comparison = find_results([out])
     figures = plot(comparison, out / "frontier_plot", title=f"digits, ε = {base.attack.eps:g}: one OAT model vs dedicated models")

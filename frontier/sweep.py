@@ -251,12 +251,22 @@ def run_sweep(sweep: SweepConfig, base: Config, out: str | Path, workers: int = 
     out = Path(out)
     protocol = Protocol.from_eval(sweep.eval or base.eval)
     points = select_shard(make_points(sweep, base), shard)
-    tasks = [(p.name, str(out / POINTS_DIR / p.name), p.config, protocol, [p.lam]) for p in points]
+    tasks = point_tasks(points, out, protocol)
     if log is not None:
         log(f"sweep: {len(tasks)} dedicated baselines into {out / POINTS_DIR}"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
     run_tasks(tasks, workers, log)
-    summary = collect(out, make_points(sweep, base), protocol)
+    return write_frontier(out, make_points(sweep, base), protocol)
+
+
+def point_tasks(points: list[Point], out: Path, protocol: Protocol) -> list[tuple]:
+    """The :func:`run_tasks` tasks that train and evaluate ``points``, each in ``out/points/<name>``."""
+    return [(p.name, str(out / POINTS_DIR / p.name), p.config, protocol, [p.lam]) for p in points]
+
+
+def write_frontier(out: Path, points: list[Point], protocol: Protocol) -> dict:
+    """:func:`collect` the points and write ``out/frontier.json`` atomically; returns what was written."""
+    summary = collect(out, points, protocol)
     write_text_atomic(out / FRONTIER_JSON, json.dumps(summary, indent=2) + "\n")
     return summary
 
