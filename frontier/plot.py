@@ -5,10 +5,13 @@ models and their Pareto frontier (a staircase), the fixed-β TRADES points label
 where several attacks were run — each attack's RA as its own marker (PGD-family hollow, the
 AutoAttack family filled), so the gap between a weak and a strong attack is visible.
 Right panel: SA and RA of the OAT model against λ, with the dedicated fixed-λ models at their λ.
+A comparison whose models were evaluated differently (drawn only on request) carries a red
+"PROTOCOL MISMATCH" note above both panels, so the picture cannot be mistaken for a fair one.
 """
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from .pareto import non_dominated  # noqa: E402
 from .report import Comparison, sa_ra  # noqa: E402
 
 OAT_COLOR, FIXED_COLOR, TRADES_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+MISMATCH_COLOR = "#cc0000"
 
 
 def _attack_marker(attack: str) -> dict:
@@ -89,14 +93,21 @@ def place_labels(ax, series: list[Labels], fontsize: float = 8.0) -> list:
     return texts
 
 
+def _layout(fig, mismatches: list[str]) -> None:
+    """Tight layout, with a red protocol-mismatch note above both panels when there is one."""
+    if not mismatches:
+        fig.tight_layout()
+        return
+    note = textwrap.fill("PROTOCOL MISMATCH (compared anyway): " + "; ".join(mismatches), width=160)
+    lines = note.count("\n") + 1
+    fig.suptitle(note, color=MISMATCH_COLOR, fontsize=9, fontweight="bold")
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.025 * lines + 0.01)))
+
+
 def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> list[Path]:
     """Draw the comparison; writes ``out`` with suffix .png and .svg and returns both paths."""
     out = Path(out)
-    attacks = []
-    if comparison.oat:
-        attacks = list(comparison.oat["attacks"])
-    elif comparison.protocol:
-        attacks = list(comparison.protocol["attacks"])
+    attacks = comparison.attacks
     fig, (plane, by_lambda) = plt.subplots(1, 2, figsize=(13, 6.5), gridspec_kw={"width_ratios": [1.35, 1]})
     pct = lambda values: [100 * v for v in values]  # noqa: E731
 
@@ -122,6 +133,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
         for attack in attacks:
             style = _attack_marker(attack)
             for points, color in ((oat_points, OAT_COLOR), (fixed + trades, None)):
+                points = [p for p in points if attack in p["robust"]]  # models may differ when mismatched
                 if not points:
                     continue
                 colors = [color or (TRADES_COLOR if p.get("kind") == "trades" else FIXED_COLOR) for p in points]
@@ -162,7 +174,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
     by_lambda.set_xlim(-0.03, 1.03)
     by_lambda.grid(alpha=0.3)
     by_lambda.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, frameon=False)
-    fig.tight_layout()
+    _layout(fig, comparison.mismatches)
     place_labels(plane, labels)
     out.parent.mkdir(parents=True, exist_ok=True)
     paths = [out.with_suffix(".png"), out.with_suffix(".svg")]

@@ -9,6 +9,10 @@ survived every attack (``robust_worst``). The *dedicated frontier* is the set of
 baselines — the same objective family the OAT model is trained with, one run per λ, as in the
 OAT paper; fixed-β TRADES points are reported beside it, and so is the ratio against every
 dedicated model together.
+
+Every model of one comparison must have been evaluated the same way (dataset, split, ε, norm,
+test subset, attacks, seed; see :mod:`oat.protocol`): :func:`find_results` refuses a mismatch
+unless asked to compare anyway, and then the report and summary say so.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oat.checkpoint import write_text_atomic
+from oat.config import read_yaml_mapping
+from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
 
 from .pareto import gap, hypervolume, non_dominated
 
@@ -28,11 +34,29 @@ REPORT_MD = "report.md"
 @dataclass
 class Comparison:
     """An OAT evaluation (``oat``: eval.json's dict plus train_seconds) and dedicated points
-    (frontier.json's rows)."""
+    (frontier.json's rows, each with its measured ``protocol``)."""
 
     oat: dict | None
     dedicated: list[dict] = field(default_factory=list)
-    protocol: dict | None = None
+
+    @property
+    def protocols(self) -> list[tuple[str, dict]]:
+        """(where it comes from, measured protocol) of every model, the OAT model first."""
+        sources = [(self.oat.get("run_dir") or "the OAT run", protocol_of(self.oat))] if self.oat else []
+        return sources + [(p.get("run_dir") or p["name"], protocol_of(p.get("protocol") or {}))
+                          for p in self.dedicated]
+
+    @property
+    def attacks(self) -> list[str]:
+        """Every attack any model's RA was measured with, in the order first run."""
+        points = (self.oat or {}).get("points", []) + self.dedicated
+        return list(dict.fromkeys(a for p in points for a in p["robust"]))
+
+    @property
+    def mismatches(self) -> list[str]:
+        """How the models' evaluations differ (empty for a fair comparison). Derived from the
+        data, not stored, so a comparison built by hand cannot claim a fairness it lacks."""
+        return find_mismatches(self.protocols)
 
     @property
     def fixed_lambda(self) -> list[dict]:
@@ -47,37 +71,58 @@ def _candidates(directory: Path) -> list[Path]:
     return [directory] + sorted(p for p in directory.iterdir() if p.is_dir())
 
 
-def find_results(directories: list[str | Path]) -> Comparison:
+def find_results(directories: list[str | Path], allow_mismatch: bool = False) -> Comparison:
     """Find an OAT run (a conditioned model's eval.json) and sweeps (frontier.json) in
-    ``directories`` or their immediate subdirectories (the demo's layout)."""
-    oat, dedicated, protocol = None, [], None
+    ``directories`` or their immediate subdirectories (the demo's layout), and check that every
+    model was evaluated with one protocol: a mismatch raises :class:`oat.protocol.ProtocolMismatch`
+    unless ``allow_mismatch``, which records it in the comparison instead."""
+    oat, dedicated = None, []
     for directory in map(Path, directories):
         if not directory.is_dir():
             raise FileNotFoundError(f"not a directory: {directory}")
         for candidate in _candidates(directory):
             frontier = candidate / "frontier.json"
             if frontier.exists():
-                data = json.loads(frontier.read_text())
-                dedicated.extend(data["points"])
-                protocol = protocol or data["protocol"]
+                dedicated.extend(read_results(frontier, FRONTIER_ROW)["points"])
             result = candidate / "eval.json"
             if result.exists() and (candidate / "config.yaml").exists() and _is_conditioned(candidate):
                 if oat is not None:
                     raise ValueError(f"two OAT runs found ({oat['run_dir']} and {candidate}); plot one at a time")
-                oat = json.loads(result.read_text())
+                oat = read_results(result, EVAL_POINT)
                 oat["run_dir"] = str(candidate)
     if oat is None and not dedicated:
         raise FileNotFoundError(
             f"no results in {', '.join(map(str, directories))}: expected an OAT run directory with eval.json "
             "or a sweep directory with frontier.json")
-    return Comparison(oat, dedicated, protocol)
+    comparison = Comparison(oat, dedicated)
+    check_same_protocol(comparison.protocols, allow_mismatch)
+    return comparison
+
+
+# The keys each point of a result file must have for the report and the plot.
+EVAL_POINT = ("lambda", "clean", "robust", "robust_worst")
+FRONTIER_ROW = ("name", "kind", "value", "lambda", "clean", "robust", "robust_worst", "train_seconds")
+
+
+def read_results(path: Path, point_keys: tuple[str, ...]) -> dict:
+    """An eval.json or frontier.json, or a one-line ``ValueError`` naming the file and what is wrong."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+        raise ValueError(f"{path} holds no list of 'points'; is it an oat eval.json or frontier.json?")
+    for index, point in enumerate(data["points"]):
+        missing = [k for k in point_keys if k not in point] if isinstance(point, dict) else list(point_keys)
+        if missing or not isinstance(point.get("robust"), dict):
+            raise ValueError(f"{path}: point {index} lacks {', '.join(missing) or 'a robust mapping'}")
+    return data
 
 
 def _is_conditioned(run_dir: Path) -> bool:
-    import yaml
-
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
-    return bool(config.get("model", {}).get("conditioned", False))
+    config = read_yaml_mapping(run_dir / "config.yaml", "run config")
+    model = config.get("model")
+    return isinstance(model, dict) and model.get("conditioned") is True
 
 
 def sa_ra(points: list[dict]) -> list[tuple[float, float]]:
@@ -90,10 +135,13 @@ def summarize(comparison: Comparison) -> dict:
     oat_points = comparison.oat["points"] if comparison.oat else []
     fixed = comparison.fixed_lambda
     trades = comparison.trades
+    shared = common_protocol(comparison.protocols)
     summary: dict = {
-        "attacks": (comparison.oat or {}).get("attacks") or (comparison.protocol or {}).get("attacks"),
-        "n": (comparison.oat or {}).get("n"),
-        "eps": (comparison.oat or {}).get("eps"),
+        "attacks": comparison.attacks,
+        "n": shared.get("n"),
+        "eps": shared.get("eps"),
+        "protocol": shared,
+        "protocol_mismatches": comparison.mismatches,
         "runs_oat": 1 if comparison.oat else 0,
         "runs_frontier": len(fixed),
         "runs_trades": len(trades),
@@ -130,14 +178,27 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _evaluation_lines(summary: dict) -> list[str]:
+    """What the evaluation was, or — when models were evaluated differently — a warning and each
+    difference, so nobody reads a ratio of unlike measurements as a result."""
+    attacks = ", ".join(summary["attacks"] or []) or "no attack"
+    mismatches = summary["protocol_mismatches"]
+    if not mismatches:
+        eps = "unknown" if summary["eps"] is None else f"{summary['eps']:.4g}"
+        n = "" if summary["n"] is None else f"{summary['n']} "
+        return [f"Evaluation: {attacks} at ε = {eps} (L∞) on the same {n}test examples for every model; RA is "
+                "the per-example worst case over those attacks (an example counts as robust only if it survives "
+                "every one).", ""]
+    return [f"**PROTOCOL MISMATCH: the models were not evaluated the same way** (compared anyway with "
+            f"--allow-mismatch), so these figures do not compare like with like. Attacks run: {attacks}; RA is "
+            "each model's per-example worst case over its own attacks.", "",
+            "## Protocol mismatches", ""] + [f"- {message}" for message in mismatches] + [""]
+
+
 def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs dedicated baselines") -> str:
     attacks = summary["attacks"] or []
-    lines = [f"# {title}", ""]
+    lines = [f"# {title}", ""] + _evaluation_lines(summary)
     lines += [
-        f"Evaluation: {', '.join(attacks)} at ε = {summary['eps']:.4g} (L∞) on the same {summary['n']} test "
-        "examples for every model; RA is the per-example worst case over those attacks (an example counts "
-        "as robust only if it survives every one).",
-        "",
         "## Headline",
         "",
         "| figure | value |",

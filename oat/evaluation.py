@@ -30,6 +30,7 @@ from .attacks.base import eval_mode
 from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
 from .progress import Progress
+from .protocol import subset_digest
 
 UNSEEN_LAMBDAS = (0.05, 0.25, 0.5, 0.7, 0.9)
 MASKING_GAP = 0.05  # PGD above AutoAttack by more than this: suspect gradient masking
@@ -153,8 +154,10 @@ def evaluate(
 
     ``dataset``: a torch Dataset of ([0, 1] image, label) pairs, or :class:`oat.datasets.Splits`
     (its test split is used). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
-    ``eps``, ``norm``, ``attacks``, ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack,
-    ``robust_worst``), ``flags`` and ``seconds``; accuracies are fractions in [0, 1].
+    ``eps``, ``norm``, ``subset`` (a fingerprint of the test examples used, so that comparisons can
+    check every model saw the same ones; see :mod:`oat.protocol`), ``attacks``, ``seed``,
+    ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``), ``flags``
+    and ``seconds``; accuracies are fractions in [0, 1].
     """
     specs = [parse_attack(a) for a in attacks]
     lambdas = [float(v) for v in lambdas]
@@ -204,6 +207,7 @@ def evaluate(
         "n": total,
         "eps": float(eps),
         "norm": "Linf",
+        "subset": subset_digest(index, labels[index]),
         "checkpoint": None,
         "attacks": [s.name for s in specs],
         "seed": seed,

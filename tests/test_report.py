@@ -10,8 +10,13 @@ from frontier.plot import Labels, place_labels, plot
 from frontier.report import Comparison, find_results, summarize, write_report
 from frontier.sweep import make_points
 from oat.cli import main
+from oat.config import ConfigError
+from oat.protocol import protocol_of
 
 ATTACKS = ["pgd-20", "apgd"]
+# How every hand-made model below was evaluated (what oat.evaluation.evaluate records).
+PROTOCOL = {"dataset": "digits", "split": "test", "eps": 0.3, "norm": "Linf", "n": 300, "subset": "0123456789abcdef",
+            "attacks": ATTACKS, "seed": 0}
 
 
 def _point(lam, clean, pgd, apgd, flags=()):
@@ -21,12 +26,12 @@ def _point(lam, clean, pgd, apgd, flags=()):
 def _dedicated(name, kind, value, lam, clean, worst, seconds):
     return {"name": name, "kind": kind, "value": value, "lambda": lam, "clean": clean,
             "robust": {"pgd-20": worst + 0.02, "apgd": worst}, "robust_worst": worst, "train_seconds": seconds,
-            "epochs": 5, "flags": []}
+            "epochs": 5, "flags": [], "protocol": dict(PROTOCOL, attacks=sorted(ATTACKS))}
 
 
 @pytest.fixture
 def comparison():
-    oat = {"attacks": ATTACKS, "n": 300, "eps": 0.3, "train_seconds": 30.0,
+    oat = {**PROTOCOL, "train_seconds": 30.0,
            "points": [_point(0.0, 0.99, 0.02, 0.0), _point(0.4, 0.97, 0.30, 0.28), _point(1.0, 0.90, 0.52, 0.50)],
            "flags": [{"lambda": 1.0, "kind": "pgd_above_autoattack", "message": "λ=1: test flag"}]}
     dedicated = [
@@ -35,7 +40,7 @@ def comparison():
         _dedicated("lambda-1", "fixed_lambda", 1.0, 1.0, 0.92, 0.50, 40.0),
         _dedicated("trades-beta-6", "trades", 6.0, 1.0, 0.93, 0.45, 45.0),
     ]
-    return Comparison(oat, dedicated, {"attacks": ATTACKS, "n": 300, "eps": None, "seed": 0})
+    return Comparison(oat, dedicated)
 
 
 def test_summary_figures_are_computed_from_the_worst_case(comparison):
@@ -51,6 +56,14 @@ def test_summary_figures_are_computed_from_the_worst_case(comparison):
     # OAT's λ = 1 point (0.90, 0.50) is behind lambda-1 (0.92, 0.50)? equal RA: not strictly in both → 0
     assert s["gap"]["worst_deficit"] == pytest.approx(0.0)
     assert [f["model"] for f in s["flags"]] == ["oat"]
+    assert s["attacks"] == ATTACKS and s["eps"] == 0.3 and s["n"] == 300 and s["protocol_mismatches"] == []
+
+
+def test_a_comparison_built_by_hand_still_reports_its_protocol_mismatch(comparison):
+    comparison.dedicated[1]["protocol"]["eps"] = 0.25
+    s = summarize(comparison)
+    assert s["protocol_mismatches"] == ["eps is 0.3 in the OAT run but 0.25 in lambda-0.4"]
+    assert s["eps"] is None and s["n"] == 300  # no common ε to claim
 
 
 def test_report_and_summary_files(comparison, tmp_path):
@@ -101,7 +114,8 @@ def _fake_runs(root, comparison):
     (run / "eval.json").write_text(json.dumps(comparison.oat))
     sweep = root / "frontier"
     sweep.mkdir()
-    (sweep / "frontier.json").write_text(json.dumps({"protocol": comparison.protocol, "points": comparison.dedicated}))
+    sweep_protocol = {"attacks": ATTACKS, "eps": None, "n": 300, "seed": 0}  # what the sweep asked for
+    (sweep / "frontier.json").write_text(json.dumps({"protocol": sweep_protocol, "points": comparison.dedicated}))
 
 
 def test_find_results_and_the_plot_command(comparison, tmp_path, capsys):
@@ -124,9 +138,21 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
     assert summary["runs_frontier"] == 6 and summary["runs_trades"] == 3 and summary["runs_oat"] == 1
     assert 0 < summary["hypervolume_ratio"] and 0 < summary["cost_ratio"]
     assert any("hypervolume ratio" in line for line in lines)
+    # Every real model was measured with one protocol, and frontier.json carries each point's.
+    assert summary["protocol_mismatches"] == []
+    oat_protocol = protocol_of(json.loads((tmp_path / "oat" / "eval.json").read_text()))
+    assert oat_protocol == {"dataset": "digits", "split": "test", "eps": 0.2, "norm": "Linf", "n": 40,
+                            "subset": oat_protocol["subset"], "attacks": ["fgsm", "pgd-3"], "seed": 0}
+    rows = json.loads((tmp_path / "frontier" / "frontier.json").read_text())["points"]
+    assert len(rows) == 9 and all(row["protocol"] == oat_protocol for row in rows)
+    assert summary["protocol"] == oat_protocol
     again = []
     run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)
     assert sum("already finished" in line for line in again) == 10
+    # A rerun under other settings never reuses the models trained under the old ones.
+    with pytest.raises(ConfigError, match=r"oat in .* was trained with another config \(attack.eps: 0.2 → 0.1\) "
+                                          r"\(and 9 more points\); pass --retrain-stale"):
+        run_demo(tmp_path, workers=1, overrides={**tiny, "attack.eps": 0.1}, log=None)
 
 
 def test_demo_oat_model_and_dedicated_baselines_share_everything_but_sampler_and_epochs():

@@ -1,0 +1,111 @@
+"""The evaluation protocol: what must be equal for two robustness numbers to be comparable.
+
+An accuracy means little without how it was measured: on which data, at which radius, on which
+test examples, against which attacks. A comparison of models (``oat plot``, ``frontier.report``)
+is only fair when every model was measured the same way, so it checks the *measured* protocol of
+each evaluation result (what :func:`oat.evaluation.evaluate` actually did, not what a config
+asked for) and refuses a mismatch unless the caller explicitly allows it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+COMPARED = ("dataset", "split", "eps", "norm", "n", "subset", "attacks", "seed")
+EPS_TOLERANCE = 1e-9  # relative: ε read back from JSON or given as 8/255 vs 0.0313725490196 is still one ε
+
+
+class ProtocolMismatch(ValueError):
+    """Models of one comparison were evaluated differently; the message is one line."""
+
+
+def subset_digest(indices, labels) -> str:
+    """A short fingerprint of the test examples used: their int64 indices and their labels.
+
+    The labels are included so that two test sets of the same size drawn from different data (or
+    a reshuffled dataset) fingerprint differently even when the indices agree."""
+    digest = hashlib.sha256()
+    for values in (indices, labels):
+        array = torch.as_tensor(values).detach().cpu().to(torch.int64).reshape(-1).numpy().astype("<i8")
+        digest.update(len(array).to_bytes(8, "little"))
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def protocol_of(result: dict) -> dict:
+    """The measured protocol of an evaluation result (eval.json's dict, or a protocol dict).
+
+    Only the :data:`COMPARED` fields; a field that is absent or None is left out (unknown).
+    Attacks are a sorted list: the order they were run in does not change what was measured."""
+    protocol = {}
+    for name in COMPARED:
+        value = result.get(name)
+        if value is None:
+            continue
+        if name == "eps":
+            value = float(value)
+        elif name in ("n", "seed"):
+            value = int(value)
+        elif name == "attacks":
+            value = sorted(str(a) for a in value)
+        protocol[name] = value
+    return protocol
+
+
+def _same(name: str, a, b) -> bool:
+    if a is None or b is None:
+        return a is b
+    if name == "eps":
+        return math.isclose(a, b, rel_tol=EPS_TOLERANCE, abs_tol=1e-12)
+    return a == b
+
+
+def _show(value) -> str:
+    if value is None:
+        return "unknown"
+    if isinstance(value, list):
+        return "[" + ", ".join(map(str, value)) + "]"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def common_protocol(sources: list[tuple[str, dict]]) -> dict:
+    """The fields on which every source's protocol agrees (and is known): what one can truthfully
+    say about how the whole comparison was evaluated."""
+    protocols = [protocol_of(protocol) for _, protocol in sources]
+    if not protocols:
+        return {}
+    first = protocols[0]
+    return {name: value for name, value in first.items()
+            if all(_same(name, value, p.get(name)) for p in protocols[1:])}
+
+
+def find_mismatches(sources: list[tuple[str, dict]]) -> list[str]:
+    """One message per compared field on which some source differs from the first source."""
+    protocols = [(source, protocol_of(protocol)) for source, protocol in sources]
+    if len(protocols) < 2:
+        return []
+    (first_source, first), rest = protocols[0], protocols[1:]
+    messages = []
+    for name in COMPARED:
+        differing = [(source, p.get(name)) for source, p in rest if not _same(name, first.get(name), p.get(name))]
+        if differing:
+            source, value = differing[0]
+            more = f" (and {len(differing) - 1} more)" if len(differing) > 1 else ""
+            messages.append(f"{name} is {_show(first.get(name))} in {first_source} "
+                            f"but {_show(value)} in {source}{more}")
+    return messages
+
+
+def check_same_protocol(sources: list[tuple[str, dict]], allow_mismatch: bool = False) -> list[str]:
+    """Check that every (source, result or protocol) was evaluated the same way.
+
+    Raises :class:`ProtocolMismatch` naming the first difference, unless ``allow_mismatch``:
+    then returns every difference (an empty list when there is none), for the caller to show."""
+    messages = find_mismatches(sources)
+    if messages and not allow_mismatch:
+        first = " ".join(messages[0].splitlines())  # one line, even for a path with a newline in it
+        raise ProtocolMismatch(f"evaluation protocols differ: {first}; pass --allow-mismatch to compare anyway")
+    return messages
