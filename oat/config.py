@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     grad_clip: float | None = None
+    threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS, else the cores not already busy
     workers: int = 0
     awp: AWPConfig = field(default_factory=AWPConfig)
 
@@ -151,6 +153,9 @@ def _coerce(value: Any, hint: Any, path: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
+        real = [o for o in options if o is not type(None)]
+        if len(real) == 1 and dataclasses.is_dataclass(real[0]):  # say which key inside it is wrong
+            return from_dict(value, real[0], path)
         for option in options:
             if option is type(None):
                 continue
@@ -180,6 +185,167 @@ def _type_name(hint: Any) -> str:
             list: "a list", dict: "a mapping"}.get(hint, getattr(hint, "__name__", str(hint)))
 
 
+# ---------------------------------------------------------------- values that make sense
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# key: (test, what is allowed). The loader already checked each type; these are the ranges.
+_RANGES = {
+    "train.epochs": (lambda v: v >= 1, "at least 1"),
+    "train.batch_size": (lambda v: v >= 2, "at least 2"),
+    "train.threads": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "train.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "null or a positive number"),
+    "train.workers": (lambda v: v >= 0, "an integer ≥ 0"),
+    "train.awp.gamma": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0 (0 disables AWP)"),
+    "train.awp.warmup_epochs": (lambda v: v >= 0, "an integer ≥ 0"),
+    "optim.lr": (lambda v: _finite(v) and v > 0, "a finite positive number"),
+    "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "optim.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    "schedule.gamma": (lambda v: _finite(v) and v > 0, "a finite positive number"),
+    "schedule.warmup_epochs": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    "attack.eps": (lambda v: v is None or (_finite(v) and v >= 0), "null or a finite number ≥ 0"),
+    "attack.steps": (lambda v: v >= 1, "at least 1"),
+    "attack.alpha": (lambda v: v is None or (_finite(v) and v > 0), "null or a finite positive number"),
+    "eval.n": (lambda v: v is None or v >= 1, "null or at least 1"),
+    "eval.batch_size": (lambda v: v >= 1, "at least 1"),
+    "eval.eps": (lambda v: v is None or (_finite(v) and v >= 0), "null or a finite number ≥ 0"),
+}
+
+
+def _choices() -> dict[str, tuple]:
+    """key: the names it may take (from the registries, so a new entry is allowed at once)."""
+    import models
+
+    from . import datasets
+    from .datasets.base import AUGMENTATIONS
+    from .objectives import objective_names
+    from .sampling import sampler_names
+    from .schedules import SCHEDULES
+
+    return {
+        "data.name": tuple(datasets.names()),
+        "data.augment": (None, *AUGMENTATIONS),
+        "model.name": tuple(models.names()),
+        "objective.name": tuple(objective_names()),
+        "lambdas.sampler": tuple(sampler_names()),
+        "optim.name": ("sgd", "adam"),
+        "schedule.name": SCHEDULES,
+        "train.precision": ("fp32", "bf16", "fp16"),
+    }
+
+
+def get_key(config: Config | dict, key: str) -> Any:
+    """The value of dotted ``key`` (``section.name``) in a config or its dict."""
+    node = config.to_dict() if isinstance(config, Config) else config
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def check_config(config: Config) -> None:
+    """Refuse values that type-check but mean nothing (a negative momentum, an unknown schedule,
+    a milestone past the last epoch…) with a one-line ``ConfigError`` naming the key, the value
+    and what is allowed. Checks that need the dataset (ε against the input range, the class
+    count) happen when the data is loaded."""
+    data = config.to_dict()
+    for key in _RANGES:
+        if not key.startswith("eval."):
+            _check_range(key, get_key(data, key))
+    for key, names in _choices().items():
+        value = get_key(data, key)
+        if value not in names:
+            close = difflib.get_close_matches(str(value), [n for n in names if n], n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            shown = ", ".join("null" if n is None else str(n) for n in names)
+            raise ConfigError(f"config key '{key}' must be one of {shown}, got {value!r}{hint}")
+    for milestone in config.schedule.milestones:
+        if not _finite(milestone) or not 0 < milestone < config.train.epochs:
+            raise ConfigError(f"config key 'schedule.milestones' must hold epochs between 0 and train.epochs = "
+                              f"{config.train.epochs}, got {milestone!r}")
+    check_eval(config.eval)
+    _check_sampler(config)
+    if not config.model.conditioned and config.lambdas.sampler != "fixed":
+        raise ConfigError(
+            "a plain network (model.conditioned: false) is a dedicated baseline: set lambdas.sampler: fixed "
+            "and lambdas.params.value"
+        )
+
+
+# Keys that cannot change what training produces: where the data lives, the device, the thread
+# count, and the evaluation settings (an evaluation is matched by its own protocol instead).
+RESULT_NEUTRAL = ("data.root", "data.download", "train.device", "train.threads", "train.workers", "eval")
+
+
+def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):  # an empty mapping sets nothing
+            flat.update(_flatten(value, path + "."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def config_differences(saved: Config | dict, wanted: Config | dict) -> list[str]:
+    """``key: saved → wanted`` for every key, outside :data:`RESULT_NEUTRAL`, where the two
+    configs differ (a saved dict from an older oat gets today's defaults first)."""
+    def flat(config):
+        config = config if isinstance(config, Config) else from_dict(config)
+        return _flatten(config.to_dict())
+
+    old, new = flat(saved), flat(wanted)
+    neutral = lambda key: any(key == n or key.startswith(n + ".") for n in RESULT_NEUTRAL)  # noqa: E731
+    shown = lambda flat, key: repr(flat[key]) if key in flat else "(unset)"  # noqa: E731
+    return [f"{key}: {shown(old, key)} → {shown(new, key)}"
+            for key in sorted(set(old) | set(new))
+            if not neutral(key) and old.get(key, _UNSET) != new.get(key, _UNSET)]
+
+
+_UNSET = object()
+
+
+def check_eval(config: EvalConfig, section: str = "eval") -> None:
+    """The checks of :func:`check_config` for an evaluation section alone (a sweep's protocol),
+    so a bad attack name is refused before anything trains."""
+    values = dataclasses.asdict(config)
+    for key in _RANGES:
+        if key.startswith("eval."):
+            _check_range(key, values[key[len("eval."):]], f"{section}.{key[len('eval.'):]}")
+    for value in config.lambdas or []:
+        if not _finite(value) or not 0 <= value <= 1:
+            raise ConfigError(f"config key '{section}.lambdas' must hold λ values in [0, 1], got {value!r}")
+    _check_attacks(config.attacks, f"{section}.attacks")
+
+
+def _check_range(key: str, value: Any, shown: str | None = None) -> None:
+    test, allowed = _RANGES[key]
+    if not test(value):
+        raise ConfigError(f"config key '{shown or key}' must be {allowed}, got {value!r}")
+
+
+def _check_attacks(names: list, key: str) -> None:
+    from .evaluation import parse_attack
+
+    if not names:
+        raise ConfigError(f"config key '{key}' must name at least one attack")
+    for name in names:
+        try:
+            parse_attack(str(name))
+        except ValueError as error:
+            raise ConfigError(f"config key '{key}': {error}") from None
+
+
+def _check_sampler(config: Config) -> None:
+    from .sampling import make_sampler
+
+    try:
+        make_sampler(config.lambdas.sampler, seed=0, **config.lambdas.params)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"config key 'lambdas.params': {error}") from None
+
+
 # ---------------------------------------------------------------- YAML and overrides
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """The mapping a YAML file holds, or a one-line ``ConfigError`` naming the problem."""
@@ -188,6 +354,8 @@ def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
         raise ConfigError(f"{what} not found: {path}")
     try:
         data = yaml.safe_load(path.read_text()) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not a text file") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

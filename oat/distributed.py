@@ -52,6 +52,25 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
+def free_cores() -> int:
+    """Cores this process may use that are not already busy (1-minute load average), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def set_threads(requested: int | None = None) -> int:
+    """Set torch's CPU thread count and return it: ``requested``, else ``$OMP_NUM_THREADS``, else
+    :func:`free_cores`. Torch's own default (every core) collapses when other jobs share the
+    machine: OpenMP threads spin waiting for a busy core (one digits epoch took 97 s instead of
+    3 s), so oat never asks for more cores than are idle."""
+    if requested is None:
+        env = os.environ.get("OMP_NUM_THREADS", "").strip()
+        requested = int(env) if env.isdigit() and int(env) > 0 else free_cores()
+    torch.set_num_threads(requested)
+    return requested
+
+
 def setup(device: torch.device) -> DistEnv:
     """Join the process group torchrun describes in the environment (no-op for one process)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

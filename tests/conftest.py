@@ -9,4 +9,6 @@ import os
 
 import torch
 
-torch.set_num_threads(int(os.environ.get("OAT_TEST_THREADS", "1")))
+THREADS = os.environ.get("OAT_TEST_THREADS", "1")
+os.environ["OMP_NUM_THREADS"] = THREADS  # what oat's training and evaluation read (oat.distributed.set_threads)
+torch.set_num_threads(int(THREADS))

@@ -76,10 +76,10 @@ def test_every_shipped_config_builds_its_model_objective_and_sampler(path):
     import models
     from oat.objectives import make_objective
     from oat.sampling import make_sampler
-    from oat.trainer import validate
+    from oat.config import check_config
 
     config = load_config(path)
-    validate(config)
+    check_config(config)
     net = models.create(config.model.name, conditioned=config.model.conditioned, **config.model.options)
     assert net.conditioned == config.model.conditioned
     make_objective(config.objective.name, eps=config.attack.eps or 0.1, steps=config.attack.steps,
@@ -94,3 +94,69 @@ def test_every_shipped_sweep_config_loads_with_its_base(path):
     sweep, base = load_sweep(path)
     points = make_points(sweep, base)
     assert points and all(not p.config.model.conditioned for p in points)
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("optim.momentum", -1, "a number in [0, 1)"),
+    ("optim.momentum", 1.0, "a number in [0, 1)"),
+    ("optim.weight_decay", -1, "a finite number ≥ 0"),
+    ("optim.lr", float("nan"), "a finite positive number"),
+    ("optim.lr", float("inf"), "a finite positive number"),
+    ("train.grad_clip", -1.0, "null or a positive number"),
+    ("train.awp.gamma", -1.0, "a finite number ≥ 0"),
+    ("train.threads", 0, "null or at least 1"),
+    ("attack.alpha", 0.0, "null or a finite positive number"),
+    ("eval.n", 0, "null or at least 1"),
+    ("data.augment", "rotate", "one of null, none, crop_flip"),
+    ("optim.name", "rmsprop", "one of sgd, adam"),
+    ("schedule.name", "cosin", "did you mean 'cosine'"),
+    ("eval.attacks", ["pgd-x"], "unknown attack 'pgd-x'"),
+    ("schedule.milestones", [10], "between 0 and train.epochs = 10"),
+])
+def test_values_that_type_check_but_mean_nothing_are_refused(key, value, allowed):
+    from oat.config import check_config, set_key
+
+    data = {}
+    set_key(data, key, value)
+    with pytest.raises(ConfigError) as error:
+        check_config(from_dict(data))
+    message = str(error.value)
+    assert f"'{key}'" in message and allowed in message and "\n" not in message
+
+
+def test_every_shipped_config_passes_the_checks():
+    from oat.config import check_config
+
+    for path in CONFIGS:
+        check_config(load_config(path))
+
+
+def test_config_differences_ignore_keys_that_cannot_change_the_result():
+    from oat.config import config_differences
+
+    saved = from_dict({"attack": {"eps": 0.2}, "train": {"epochs": 2}})
+    same = from_dict({"attack": {"eps": 0.2}, "train": {"epochs": 2, "device": "cuda", "threads": 3},
+                      "data": {"root": "/elsewhere"}, "eval": {"n": 5}})
+    assert config_differences(saved, same) == []
+    changed = from_dict({"attack": {"eps": 0.1}, "train": {"epochs": 3}, "model": {"options": {"film_width": 8}}})
+    assert config_differences(saved.to_dict(), changed) == [
+        "attack.eps: 0.2 → 0.1", "model.options.film_width: (unset) → 8", "train.epochs: 2 → 3"]
+
+
+def test_thread_count_follows_the_config_then_the_environment_then_the_idle_cores(monkeypatch):
+    import torch
+
+    from oat.distributed import free_cores, set_threads
+
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(2) == 2 and torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        assert set_threads(None) == 1 and torch.get_num_threads() == 1
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        monkeypatch.setattr("os.getloadavg", lambda: (100.0, 0.0, 0.0))  # every core busy
+        assert set_threads(None) == 1 == free_cores()
+        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine: every core
+        assert free_cores() == len(__import__("os").sched_getaffinity(0))
+    finally:
+        torch.set_num_threads(before)

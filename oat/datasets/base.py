@@ -16,6 +16,9 @@ import torch
 from torch.utils.data import Dataset
 
 AUGMENTATIONS = ("none", "crop_flip")
+# More classes than any labelled image set has (ImageNet-21k: 21 841): a larger count comes from a
+# label that is not a class index (a single label 10⁹ would otherwise size a 10⁹-way classifier).
+MAX_CLASSES = 100_000
 
 
 @dataclass(frozen=True)
@@ -39,8 +42,8 @@ class DatasetInfo:
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
     def __post_init__(self):
-        if self.num_classes < 1:
-            raise ValueError(f"{self.name}: num_classes must be at least 1, got {self.num_classes}")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise ValueError(f"{self.name}: num_classes must lie in 1..{MAX_CLASSES}, got {self.num_classes}")
         if len(self.input_shape) not in (1, 3):
             raise ValueError(f"{self.name}: input_shape must be (C, H, W) or (D,), got {self.input_shape}")
         channels = self.input_shape[0]

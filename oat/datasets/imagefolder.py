@@ -46,7 +46,10 @@ def _folder(path: Path, image_size: int) -> tvd.ImageFolder:
         raise FileNotFoundError(f"imagefolder: directory {path} not found")
     # Resize to an exact square (aspect ratio not kept) so every batch stacks; ToTensor gives [0, 1].
     transform = transforms.Compose([transforms.Resize((image_size, image_size)), transforms.ToTensor()])
-    return tvd.ImageFolder(str(path), transform=transform)
+    try:
+        return tvd.ImageFolder(str(path), transform=transform)
+    except FileNotFoundError as error:  # torchvision's message names the class, not the tree
+        raise FileNotFoundError(f"imagefolder: {path}: {str(error).splitlines()[0]}") from None
 
 
 @register("imagefolder")

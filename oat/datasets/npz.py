@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import AUGMENTATIONS, DatasetInfo, Splits, TensorImageDataset, channel_stats, split_indices
+from .base import AUGMENTATIONS, MAX_CLASSES, DatasetInfo, Splits, TensorImageDataset, channel_stats, split_indices
 from .registry import register
 
 _MAX_CHANNELS = 4  # gray, gray+alpha, RGB, RGBA; a larger "channel" axis almost surely is H or W
@@ -114,6 +114,9 @@ def load_npz(
                 f"but {train_path} holds {train_x.dtype} {tuple(train_x.shape[1:])}"
             )
     largest = int(max(y.max(), test_y.max()))
+    if largest >= MAX_CLASSES:
+        raise ValueError(f"npz: {train_path}: label {largest} is not a class index (at most {MAX_CLASSES - 1}); "
+                         "labels must be 0..C-1")
     if num_classes is None:
         num_classes = largest + 1
     elif isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= largest:
