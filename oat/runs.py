@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import reprlib
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
+import models
+
 from .checkpoint import CheckpointError, load_checkpoint
+from .config import ConfigError, from_dict
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate
 from .trainer import build_model
@@ -24,29 +29,146 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
 
 
 def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The model and the whole checkpoint dict (config, training λ values, ε, epoch …)."""
+    """The model and the whole checkpoint dict (config, training λ values, ε, epoch …).
+
+    The checkpoint's model_spec is checked against its own weights before any memory is spent on
+    the network: a spec asking for 10⁹ classes is an error here, not an 800 GB allocation.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.pt"
     state = load_checkpoint(path)
     if "model_spec" not in state:
         raise CheckpointError(f"{path} has no model description (model_spec); it was not written by oat train")
-    model = build_model(state["model_spec"])
+    spec = state["model_spec"]
+    _check_spec(spec, path)
+    _check_entries(state, path)
+    weights = state["model"]
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: its model weights are a {type(weights).__name__}, not a dict of named tensors")
+    odd = next((key for key, value in weights.items()
+                if not (isinstance(key, str) and isinstance(value, torch.Tensor))), None)
+    if odd is not None:
+        raise CheckpointError(f"{path}: its model weights are not all named tensors "
+                              f"({reprlib.repr(odd)} is a {type(weights[odd]).__name__})")
+    model = _checked_network(spec, weights, path, device)
     try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # names and shapes match by now; a dtype or layout may not
         raise CheckpointError(f"{path}: weights do not fit the network it describes ({str(error).splitlines()[0]})") from None
     return model.to(device).eval(), state
 
 
+def _check_entries(state: dict, path: Path) -> None:
+    """The entries evaluation reads besides the network: a readable config, ε, epochs, seconds."""
+    try:
+        from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: its saved config is not one this oat can read ({error})") from None
+    for key, test in (("eps", lambda v: math.isfinite(v) and v >= 0), ("epoch", lambda v: v >= 0),
+                      ("train_seconds", lambda v: math.isfinite(v) and v >= 0)):
+        value = state.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not test(value):
+            raise CheckpointError(f"{path}: entry '{key}' must be a number ≥ 0, got {reprlib.repr(value)}")
+
+
+def _check_spec(spec, path: Path) -> None:
+    """model_spec has the form :func:`oat.trainer.model_spec` writes, with sane values."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: model_spec {what}")
+
+    if not isinstance(spec, dict):
+        raise bad(f"is a {type(spec).__name__}, not a dict")
+    missing = [key for key in ("name", "num_classes", "conditioned", "input_shape", "options") if key not in spec]
+    if missing:
+        raise bad(f"lacks {', '.join(missing)}")
+    name, num_classes, shape = spec["name"], spec["num_classes"], spec["input_shape"]
+    if not isinstance(name, str) or name not in models.names():
+        raise bad(f"names an unknown model {reprlib.repr(name)} (known: {', '.join(models.names())})")
+    if not _is_int(num_classes) or num_classes < 1:
+        raise bad(f"num_classes must be an integer ≥ 1, got {reprlib.repr(num_classes)}")
+    if not isinstance(spec["conditioned"], bool):
+        raise bad(f"conditioned must be true or false, got {reprlib.repr(spec['conditioned'])}")
+    if not (isinstance(shape, list) and len(shape) in (1, 3) and all(_is_int(v) and v >= 1 for v in shape)):
+        raise bad(f"input_shape must be a list of 1 or 3 positive integers, got {reprlib.repr(shape)}")
+    if not isinstance(spec["options"], dict):
+        raise bad(f"options must be a dict, got {type(spec['options']).__name__}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _checked_network(spec: dict, weights: dict[str, torch.Tensor], path: Path,
+                     device: str | torch.device) -> nn.Module:
+    """The network ``spec`` describes, its every parameter and buffer shaped as in ``weights``
+    (uninitialised: the caller loads them). Built on the meta device first, which records shapes
+    and allocates nothing, so a spec that disagrees with its weights costs no memory."""
+    try:
+        with torch.device("meta"):
+            network = build_model(spec)
+    # models.create's word for options it cannot use (ValueError, TypeError), and torch's for sizes
+    # no tensor can have (RuntimeError: a negative width); the same constructors run uncaught in training.
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: model_spec does not describe a network oat can build "
+                              f"({str(error).splitlines()[0]})") from None
+    expected = network.state_dict()
+    for key, tensor in expected.items():
+        if key not in weights:
+            raise CheckpointError(f"{path}: the network model_spec describes has {key} "
+                                  f"{list(tensor.shape)}, which the checkpoint's weights lack")
+        if weights[key].shape != tensor.shape:
+            raise CheckpointError(f"{path}: model_spec does not match the weights: {key} is "
+                                  f"{list(tensor.shape)} in the network it describes, "
+                                  f"{list(weights[key].shape)} in the checkpoint")
+    for key, tensor in weights.items():
+        if key not in expected:
+            raise CheckpointError(f"{path}: the checkpoint's weights have {key} {list(tensor.shape)}, "
+                                  "which the network model_spec describes lacks")
+    if _state_dict_covers(network):
+        # Every tensor the network holds is about to be overwritten by the checkpoint's: allocate
+        # it uninitialised rather than run the initialisers (a categorical λ encoder's random
+        # orthogonal table costs code_dim² memory and a QR decomposition, whatever the table kept).
+        return network.to_empty(device=device)
+    return build_model(spec)  # a tensor the state dict does not hold needs its real initial value
+
+
+def _state_dict_covers(network: nn.Module) -> bool:
+    """Whether loading a state dict sets every tensor of ``network``: no non-persistent buffer,
+    no tensor kept as a plain attribute."""
+    saved = set(network.state_dict())
+    held = ({name for name, _ in network.named_parameters(remove_duplicate=False)}
+            | {name for name, _ in network.named_buffers(remove_duplicate=False)})
+    plain = any(isinstance(value, torch.Tensor) for module in network.modules() for value in vars(module).values())
+    return held <= saved and not plain
+
+
+def run_data(state: dict, data_root: str | None = None) -> datasets.Splits:
+    """The dataset a run was trained on (from ``data_root`` if given, else where its config says),
+    or a one-line ``ValueError``/``FileNotFoundError`` saying it is this run's data."""
+    data = state["config"]["data"]
+    try:
+        return datasets.load(data["name"], root=data_root or data["root"], **data["options"])
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"the run's data (config key 'data' {data['name']!r}): {error}") from None
+
+
+def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None:
+    """ε wider than the input box means nothing (every input reaches every other)."""
+    if info.bounds is not None and eps > info.bounds[1] - info.bounds[0]:
+        low, high = info.bounds
+        raise ValueError(f"{flag} {eps:g} is wider than {info.name}'s input range [{low:g}, {high:g}]")
+
+
 def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
                  seed: int = 0, batch_size: int = 500, data_root: str | None = None,
-                 show_progress: bool = False) -> dict:
+                 show_progress: bool = False, splits: datasets.Splits | None = None) -> dict:
     """Evaluate a loaded run on its own dataset's test split (ε defaults to the training ε);
     the result is :func:`oat.evaluate`'s dict plus the run's training seconds and epochs."""
-    data = state["config"]["data"]
-    splits = datasets.load(data["name"], root=data_root or data["root"], **data["options"])
-    result = evaluate(model, splits, lambdas, attacks, eps=state["eps"] if eps is None else eps, n=n, seed=seed,
+    splits = splits or run_data(state, data_root)
+    eps = state["eps"] if eps is None else eps
+    check_eps(eps, splits.info)
+    result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=seed,
                       batch_size=batch_size, show_progress=show_progress)
     result["train_seconds"] = float(state["train_seconds"])
     result["epochs"] = int(state["epoch"])

@@ -14,7 +14,6 @@ a run resumed from an epoch boundary continues exactly as the uninterrupted run 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from contextlib import nullcontext
@@ -29,11 +28,12 @@ import models
 
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
+from .attacks.base import eval_mode
 from .awp import AWP
-from .checkpoint import load_checkpoint, save_checkpoint, write_text_atomic
-from .config import Config, ConfigError, dump_config, from_dict
-from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, setup,
-                          teardown)
+from .checkpoint import CheckpointError, load_checkpoint, remove_orphans, save_checkpoint, write_text_atomic
+from .config import Config, ConfigError, check_config, config_differences, dump_config, from_dict
+from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
+                          setup, teardown)
 from .objectives import make_objective
 from .progress import Progress, format_seconds
 from .sampling import make_sampler
@@ -100,25 +100,96 @@ def training_lambdas(config: Config) -> list[float]:
 
 def build(config: Config) -> Experiment:
     """Load the data and build the network a config describes (no side effects on disk)."""
+    data = config.data
     try:
-        splits = datasets.load(config.data.name, root=config.data.root, download=config.data.download,
-                               **config.data.options)
+        splits = datasets.load(data.name, root=data.root, download=data.download, **data.options)
     except FileNotFoundError as error:
         raise ConfigError(str(error).splitlines()[0]) from None
+    except OSError as error:  # no network for data.download, an unreadable data.root …
+        raise ConfigError(f"data: cannot {'fetch' if data.download else 'read'} {data.name} into {data.root} "
+                          f"({_first_line(error)})") from None
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"data: {error}") from None
+        raise ConfigError(f"data: {_first_line(error)}") from None
     info = splits.info
-    eps = info.eps if config.attack.eps is None else config.attack.eps
-    if not (eps >= 0 and math.isfinite(eps)):
-        raise ConfigError(f"config key 'attack.eps' must be a non-negative number, got {eps}")
-    if config.attack.steps < 1:
-        raise ConfigError(f"config key 'attack.steps' must be at least 1, got {config.attack.steps}")
+    eps = training_eps(config, info)
+    _check_classes(config, splits)
     alpha = config.attack.alpha if config.attack.alpha is not None else reference_step_size(eps, config.attack.steps)
     try:
         model = build_model(model_spec(config, info))
     except (ValueError, TypeError) as error:
         raise ConfigError(f"model: {error}") from None
+    _check_forward(model, info, config.model.options)
     return Experiment(config, splits, model, eps, alpha, training_lambdas(config))
+
+
+def training_eps(config: Config, info: datasets.DatasetInfo) -> float:
+    """The training radius: ``attack.eps``, else the dataset's; refused when it could not mean
+    anything for this data (ε wider than the input box, or two keys saying different radii)."""
+    option = config.data.options.get("eps")
+    if option is not None and config.attack.eps is not None and float(option) != config.attack.eps:
+        raise ConfigError(f"config keys 'data.options.eps' ({option}) and 'attack.eps' ({config.attack.eps}) "
+                          "disagree; set the radius in one of them")
+    key = "attack.eps" if config.attack.eps is not None else ("data.options.eps" if option is not None else None)
+    eps = info.eps if config.attack.eps is None else config.attack.eps
+    if info.bounds is not None and eps > info.bounds[1] - info.bounds[0]:
+        low, high = info.bounds
+        raise ConfigError(f"config key '{key or 'attack.eps'}' must be at most {high - low:g}, the width of "
+                          f"{info.name}'s input range [{low:g}, {high:g}], got {eps:g}")
+    return eps
+
+
+def _check_classes(config: Config, splits: datasets.Splits) -> None:
+    info = splits.info
+    labels = getattr(splits.train, "labels", None)
+    present = sorted(set(labels.tolist())) if labels is not None else None
+    if info.num_classes < 2 or (present is not None and len(present) < 2):
+        found = f"only label {present[0]}" if present else f"{info.num_classes} class"
+        source = config.data.options.get("path")
+        raise ConfigError(f"data: the training split of {info.name}{f' ({source})' if source else ''} holds "
+                          f"{found}; a classifier needs at least two classes")
+
+
+def _check_forward(model: nn.Module, info: datasets.DatasetInfo, options: dict) -> None:
+    """One forward of two blank inputs: model options that build a network unable to process this
+    data (a zero width, an input size that does not match) are refused before training starts."""
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(torch.zeros(2, *info.input_shape), 0.0)
+    except RuntimeError as error:
+        raise ConfigError(f"model: {type(model).__name__} with model.options {options} cannot process "
+                          f"{info.name}'s {tuple(info.input_shape)} inputs ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def non_finite(*states: dict) -> list[str]:
+    """Names of the floating-point tensors holding NaN or ±inf in (nested) state dicts."""
+    found = []
+
+    def visit(value, name):
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                found.append(name)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(item, f"{name}.{key}" if name else str(key))
+        elif isinstance(value, (list, tuple)):
+            for index, item in enumerate(value):
+                visit(item, f"{name}.{index}")
+
+    for state in states:
+        visit(state, "")
+    return found
+
+
+def _what_is_kept(checkpoint_path: Path, epoch: int) -> str:
+    """The end of a divergence message: which checkpoint survives, if any."""
+    if epoch == 0 or not checkpoint_path.exists():
+        return "no checkpoint was written (it diverged in the first epoch)"
+    return f"keeping the last good checkpoint {checkpoint_path} (epoch {epoch})"
 
 
 def _seed_for(seed: int, epoch: int, rank: int, stream: int) -> int:
@@ -183,54 +254,69 @@ def _rng_state(device: torch.device) -> dict:
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
+    """The metrics lines of epochs up to ``upto_epoch``. A run killed while appending leaves a
+    truncated last line: it is dropped (its epoch is retrained). A bad line elsewhere is damage."""
     if not path.exists():
         return []
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    return [line for line in lines if json.loads(line).get("epoch", 0) <= upto_epoch]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise CheckpointError(f"{path}: line {number} is not JSON; the metrics log is damaged") from None
+        if record.get("epoch", 0) <= upto_epoch:
+            kept.append(line)
+    return kept
 
 
-def validate(config: Config) -> None:
-    """Checks that need several sections at once (single keys are typed by the loader)."""
-    if config.train.epochs < 1:
-        raise ConfigError(f"config key 'train.epochs' must be at least 1, got {config.train.epochs}")
-    if config.train.batch_size < 2:
-        raise ConfigError(f"config key 'train.batch_size' must be at least 2, got {config.train.batch_size}")
-    if config.train.precision not in ("fp32", "bf16", "fp16"):
-        raise ConfigError(f"config key 'train.precision' must be fp32, bf16 or fp16, got {config.train.precision!r}")
-    if config.optim.lr <= 0:
-        raise ConfigError(f"config key 'optim.lr' must be positive, got {config.optim.lr}")
-    if not config.model.conditioned and config.lambdas.sampler != "fixed":
-        raise ConfigError(
-            "a plain network (model.conditioned: false) is a dedicated baseline: set lambdas.sampler: fixed "
-            "and lambdas.params.value"
-        )
+def resumed_config(state: dict, wanted: Config | None, out_dir: Path) -> Config:
+    """The config a resumed run continues with: the saved one, or ``wanted`` when it differs from
+    it only in keys that cannot change the result (:data:`oat.config.RESULT_NEUTRAL`)."""
     try:
-        lr_factor(config.schedule.name, 0.0, config.train.epochs, config.schedule.milestones)
-    except ValueError as error:
-        raise ConfigError(f"schedule: {error}") from None
+        saved = from_dict(state["config"])
+    except ConfigError as error:
+        raise CheckpointError(f"{out_dir / CHECKPOINT} holds a config this oat cannot read ({error})") from None
+    if wanted is None:
+        return saved
+    differences = config_differences(saved, wanted)
+    if differences:
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise ConfigError(f"{out_dir} was trained with another config ({'; '.join(differences[:3])}{more}); "
+                          "resume it unchanged, or train into another --out")
+    return wanted
 
 
-def train(config: Config, out_dir: str | Path, resume: bool = False, show_progress: bool = True) -> Path:
+def train(config: Config | None, out_dir: str | Path, resume: bool = False, show_progress: bool = True) -> Path:
     """Train as ``config`` says into ``out_dir``; returns the checkpoint path.
 
-    ``resume=True`` continues from ``out_dir/checkpoint.pt`` (its saved config wins over
-    ``config``); without it, an existing checkpoint in ``out_dir`` is an error rather than
-    something silently overwritten.
+    ``resume=True`` continues from ``out_dir/checkpoint.pt`` with its saved config; a ``config``
+    given with it must agree with the saved one on every key that changes the result (see
+    :func:`resumed_config`). Without ``resume``, an existing checkpoint in ``out_dir`` is an error
+    rather than something silently overwritten.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"the run directory {out_dir} is a file; choose another --out")
     checkpoint_path = out_dir / CHECKPOINT
     state = None
     if resume:
         if not checkpoint_path.exists():
             raise ConfigError(f"--resume: no checkpoint to resume in {out_dir}")
         state = load_checkpoint(checkpoint_path)
-        config = from_dict(state["config"])
+        config = resumed_config(state, config, out_dir)
     elif checkpoint_path.exists():
         raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    validate(config)
+    check_config(config)
     cfg = config.train
 
-    device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    try:
+        device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    except ValueError as error:
+        raise ConfigError(f"config key 'train.device': {error}") from None
+    set_threads(cfg.threads)
     env = setup(device)
     try:
         return _train(config, out_dir, state, device, env, show_progress)
@@ -257,7 +343,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
                                    steps=config.attack.steps, **config.objective.params)
         make_sampler(config.lambdas.sampler, seed=cfg.seed, **config.lambdas.params)  # validate early
     except (ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from None
+        raise ConfigError(f"objective: {error}") from None
     awp = AWP(cfg.awp.gamma, cfg.awp.warmup_epochs)
     optimizer = _optimizer(config, raw_model)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16" and device.type == "cuda"))
@@ -265,10 +351,14 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
     start_epoch, train_seconds = 0, 0.0
     checkpoint_path = out_dir / CHECKPOINT
     if state is not None:
-        raw_model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        try:
+            raw_model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as error:  # the file's content, not oat
+            what = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
+            raise CheckpointError(f"{checkpoint_path} cannot be resumed: {what}") from None
 
     if cfg.sync_bn and env.enabled:
         if device.type != "cuda":
@@ -293,6 +383,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
 
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphans(out_dir)  # temporaries of a write that was killed
         write_text_atomic(out_dir / CONFIG, dump_config(config))
         metrics_path = out_dir / METRICS
         kept = _read_metrics(metrics_path, start_epoch)
@@ -336,9 +427,8 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
                     out = step_module(batch)
                 loss = out.loss.float().mean()
                 if not torch.isfinite(loss):
-                    raise TrainingDiverged(
-                        f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {step + 1}; "
-                        f"stopped, keeping the last good checkpoint {checkpoint_path}")
+                    raise TrainingDiverged(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {step + 1}; "
+                                           f"stopped, {_what_is_kept(checkpoint_path, epoch)}")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -370,6 +460,10 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             "seconds": seconds,
             "fosc": (totals[5].item() / totals[6].item()) if totals[6] > 0 else None,
         }
+        broken = non_finite(raw_model.state_dict(), optimizer.state_dict())
+        if broken:
+            raise TrainingDiverged(f"{len(broken)} non-finite tensors ({broken[0]} first) after epoch {epoch + 1}; "
+                                   f"stopped, {_what_is_kept(checkpoint_path, epoch)}")
         if env.is_main:
             with open(out_dir / METRICS, "a") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -147,3 +147,80 @@ def test_two_process_gloo_run_evaluates_like_a_one_process_run(tmp_path):
         assert abs(a["clean"] - b["clean"]) < 0.06
     lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # only rank 0 wrote
+
+
+def test_a_blow_up_in_the_last_batch_never_replaces_the_good_checkpoint(tmp_path, monkeypatch):
+    """The loss of the last batch is finite; its optimiser step makes the weights NaN. The epoch
+    must not be saved, and the message must name the checkpoint that survives."""
+    out = tmp_path / "run"
+    steps_per_epoch = 1437 // 64
+    original = torch.optim.SGD.step
+    calls = {"n": 0}
+
+    def poisoned_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2 * steps_per_epoch:  # the last step of epoch 2
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("nan"))
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", poisoned_step)
+    with pytest.raises(trainer.TrainingDiverged, match=r"non-finite tensors .* after epoch 2; stopped, keeping "
+                                                       r"the last good checkpoint .*checkpoint.pt \(epoch 1\)"):
+        trainer.train(tiny(epochs=3, steps=1), out, show_progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_divergence_in_the_first_epoch_names_no_checkpoint_that_does_not_exist(tmp_path):
+    result = run_cli("train", "--config", str(DIGITS), "--set", "train.epochs=2", "--set", "attack.steps=1",
+                     "--set", "optim.lr=1e30", "--out", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert "no checkpoint was written" in result.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_survives_a_truncated_metrics_line_and_removes_orphaned_temporaries(tmp_path):
+    out = tmp_path / "run"
+    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    with open(out / "metrics.jsonl", "a") as handle:
+        handle.write('{"epoch": 2, "loss": 0.5')  # killed mid-append
+    orphans = [out / ".checkpoint.pt.a1b2c3d4.tmp", out / ".metrics.jsonl.x9y8z7w_.tmp"]
+    for orphan in orphans:
+        orphan.write_bytes(b"\0" * 1000)
+    resumed = run_cli("train", "--out", str(out), "--resume", "--set", "train.epochs=1", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert not any(orphan.exists() for orphan in orphans)
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path):
+    out = tmp_path / "run"
+    first = run_cli("train", "--config", str(DIGITS), "--set", "train.epochs=1", "--set", "attack.steps=1",
+                    "--out", str(out), "--quiet")
+    assert first.returncode == 0, first.stderr
+    changed = run_cli("train", "--out", str(out), "--resume", "--set", "train.epochs=3", "--set", "attack.eps=0.1")
+    assert changed.returncode == 2 and changed.stderr.count("\n") == 1, changed.stderr
+    assert "attack.eps: 0.3 → 0.1; train.epochs: 1 → 3" in changed.stderr
+    neutral = run_cli("train", "--out", str(out), "--resume", "--set", "train.device=cpu", "--set",
+                      "train.threads=1", "--quiet")
+    assert neutral.returncode == 0, neutral.stderr
+    assert load_config(out / "config.yaml").train.threads == 1  # a neutral change is taken
+
+
+def test_resume_refuses_weights_that_do_not_fit_and_a_missing_optimiser_state(tmp_path):
+    out = tmp_path / "run"
+    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    for broken, message in [({**state, "model": {k: v for k, v in list(state["model"].items())[1:]}},
+                             "cannot be resumed: Error(s) in loading state_dict"),
+                            ({k: v for k, v in state.items() if k != "optimizer"},
+                             "cannot be resumed: no 'optimizer'")]:
+        torch.save(broken, out / "checkpoint.pt")
+        result = run_cli("train", "--out", str(out), "--resume", "--quiet")
+        assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+        assert message in result.stderr
