@@ -20,7 +20,7 @@ from oat.config import Config, from_dict, set_key
 
 from .plot import plot
 from .report import find_results, write_report
-from .sweep import Protocol, SweepConfig, make_points, point_tasks, run_tasks, write_frontier
+from .sweep import Protocol, SweepConfig, Task, make_points, point_tasks, run_tasks, write_frontier
 
 # What every model of the demo shares: data, architecture, ε, training attack, optimiser, epochs
 # and the evaluation protocol. ε = 0.2 (the radius of SCIENCE.md's digits measurements): on 8×8
@@ -71,8 +71,10 @@ def demo_configs(overrides: dict | None = None) -> tuple[Config, Config, SweepCo
     return from_dict(oat), from_dict(base), from_dict(DEMO_SWEEP, SweepConfig)
 
 
-def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | None = None, log=print) -> dict:
-    """Run the demo into ``out``; returns the summary (also in ``out/summary.json``)."""
+def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | None = None, log=print,
+             retrain_stale: bool = False) -> dict:
+    """Run the demo into ``out``; returns the summary (also in ``out/summary.json``). A model
+    already in ``out`` that was trained under other settings is refused unless ``retrain_stale``."""
     out = Path(out)
     started = time.perf_counter()
     oat, base, sweep = demo_configs(overrides)
@@ -80,12 +82,12 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | 
     points = make_points(sweep, base)
     frontier_dir = out / "frontier"
     # The OAT model first: it is the longest task, so the dedicated runs fill the other worker.
-    tasks = [("oat", str(out / "oat"), oat, protocol, DEMO_LAMBDAS)]
+    tasks = [Task("oat", str(out / "oat"), oat, protocol, tuple(DEMO_LAMBDAS))]
     tasks += point_tasks(points, frontier_dir, protocol)
     if log:
         log(f"oat demo: 1 OAT model + {len(points)} dedicated baselines on digits (ε = {base.attack.eps}), "
             f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
-    run_tasks(tasks, workers, log)
+    run_tasks(tasks, workers, log, retrain_stale)
     write_frontier(frontier_dir, points, protocol)
 
     comparison = find_results([out])

@@ -19,17 +19,20 @@ runs only the i-th of n slices so a cluster job array can share one output direc
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+import yaml
 
 import models
-from oat.checkpoint import write_text_atomic
-from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
+from oat.checkpoint import load_checkpoint, write_text_atomic
+from oat.config import (Config, ConfigError, EvalConfig, check_config, check_eval, config_differences, from_dict,
+                        load_config, read_yaml_mapping)
+from oat.lock import RunLock
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 DEFAULT_BETAS = (0.0, 1.0, 3.0, 6.0, 10.0)
@@ -71,7 +74,9 @@ class Protocol:
         return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed}
 
     @classmethod
-    def from_eval(cls, config: EvalConfig) -> "Protocol":
+    def from_eval(cls, config: EvalConfig, section: str = "eval") -> "Protocol":
+        """The protocol an eval section asks for, checked before anything trains."""
+        check_eval(config, section)
         return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size)
 
 
@@ -107,18 +112,20 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> tuple[SweepConfig
 def make_points(sweep: SweepConfig, base: Config) -> list[Point]:
     """The dedicated baselines a sweep describes, each a plain network with one fixed λ."""
     points = []
-    for lam in sweep.fixed_lambda.values:
-        lam = float(lam)
+    for lam in _numbers(sweep.fixed_lambda.values, "fixed_lambda.values"):
         if not 0.0 <= lam <= 1.0:
-            raise ConfigError(f"fixed_lambda.values: λ must lie in [0, 1], got {lam:g}")
+            raise ConfigError(f"config key 'fixed_lambda.values' must hold λ values in [0, 1], got {lam:g}")
         points.append(Point(f"lambda-{_fmt(lam)}", "fixed_lambda", lam, lam,
                             _dedicated(base, "pgd", {}, lam)))
-    betas = [float(b) for b in sweep.trades.betas]
+    betas = _numbers(sweep.trades.betas, "trades.betas")
     if betas:
-        beta_max = float(sweep.trades.beta_max if sweep.trades.beta_max is not None else max(betas))
+        beta_max = sweep.trades.beta_max if sweep.trades.beta_max is not None else max(betas)
+        if not (math.isfinite(beta_max) and beta_max > 0):
+            raise ConfigError(f"config key 'trades.beta_max' must be a positive number, got {beta_max:g}")
         for beta in betas:
-            if beta < 0 or beta_max <= 0 or beta > beta_max:
-                raise ConfigError(f"trades: β must lie in [0, beta_max = {beta_max:g}], got {beta:g}")
+            if not 0 <= beta <= beta_max:
+                raise ConfigError(f"config key 'trades.betas' must hold β values in [0, trades.beta_max = "
+                                  f"{beta_max:g}], got {beta:g}")
             lam = beta / beta_max
             points.append(Point(f"trades-beta-{_fmt(beta)}", "trades", beta, lam,
                                 _dedicated(base, "trades", {"beta_max": beta_max}, lam)))
@@ -126,6 +133,16 @@ def make_points(sweep: SweepConfig, base: Config) -> list[Point]:
     if len(set(names)) != len(names):
         raise ConfigError(f"the sweep lists a value twice: {sorted(n for n in names if names.count(n) > 1)}")
     return points
+
+
+def _numbers(values, key: str) -> list[float]:
+    """A sweep's list of values as floats, or a one-line refusal naming ``key``."""
+    if not isinstance(values, list):
+        raise ConfigError(f"config key '{key}' must be a list of numbers, got {values!r}")
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise ConfigError(f"config key '{key}' must hold numbers, got {value!r}")
+    return [float(v) for v in values]
 
 
 def _dedicated(base: Config, objective: str, params: dict, lam: float) -> Config:
@@ -166,102 +183,178 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 # ---------------------------------------------------------------- running one run directory
-def run_status(run_dir: Path, config: Config, protocol: Protocol) -> str:
-    """``done`` (trained and evaluated with this protocol), ``evaluate``, ``resume`` or ``train``."""
+@dataclass(frozen=True)
+class Task:
+    """One model to train (or resume) into ``run_dir`` and evaluate at ``lambdas`` with ``protocol``."""
+
+    name: str
+    run_dir: str
+    config: Config
+    protocol: Protocol
+    lambdas: tuple[float, ...]
+
+
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "eval.json")
+
+
+def stale_keys(run_dir: Path, config: Config) -> list[str]:
+    """The result-changing keys in which the run in ``run_dir`` was trained differently from
+    ``config`` (empty for a run that has no checkpoint yet: it trains from scratch anyway)."""
+    if not (run_dir / "checkpoint.pt").exists():
+        return []
+    saved_path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict):
+        saved = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+    return config_differences(saved, config)
+
+
+def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None) -> str:
+    """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
+    ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
     checkpoint = run_dir / "checkpoint.pt"
     if not checkpoint.exists():
         return "train"
+    if stale_keys(run_dir, config):
+        return "stale"
+    if int(load_checkpoint(checkpoint)["epoch"]) < config.train.epochs:
+        return "resume"
     try:
-        epoch = int(torch.load(checkpoint, weights_only=True, map_location="cpu")["epoch"])
-    except Exception:  # an unreadable checkpoint is reported by the training that follows
-        return "resume"
-    if epoch < config.train.epochs:
-        return "resume"
-    result = run_dir / "eval.json"
-    if result.exists():
-        try:
-            stored = json.loads(result.read_text()).get("protocol")
-        except json.JSONDecodeError:
-            stored = None
-        if stored == protocol.as_dict():
-            return "done"
-    return "evaluate"
+        stored = json.loads((run_dir / "eval.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return "evaluate"
+    same_lambdas = lambdas is None or [p.get("lambda") for p in stored.get("points", [])] == list(lambdas)
+    # An evaluation from before test subsets were fingerprinted cannot be matched: evaluate again.
+    fingerprinted = "subset" in stored
+    return "done" if stored.get("protocol") == protocol.as_dict() and same_lambdas and fingerprinted else "evaluate"
 
 
-def run_one(run_dir: Path, config: Config, protocol: Protocol, lambdas: list[float], threads: int | None = None) -> dict:
-    """Train (or resume) the run in ``run_dir`` and evaluate it at ``lambdas`` with ``protocol``,
-    unless that was already done; returns the stored evaluation."""
+def clear_run(run_dir: Path) -> None:
+    """Remove what a run directory's training and evaluation wrote, so it trains afresh."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def run_one(task: Task, retrain_stale: bool = False) -> str:
+    """Train (or resume) and evaluate ``task`` unless that was done already; returns the status
+    it found. The caller holds the run's lock."""
     from oat.runs import evaluate_run, load_run
     from oat.trainer import train
 
-    if threads:
-        torch.set_num_threads(threads)
-    status = run_status(run_dir, config, protocol)
-    if status in ("train", "resume"):
-        train(config, run_dir, resume=(status == "resume"), show_progress=False)
-    result_path = run_dir / "eval.json"
+    run_dir = Path(task.run_dir)
+    status = run_status(run_dir, task.config, task.protocol, task.lambdas)
+    if status == "stale":
+        if not retrain_stale:
+            raise ConfigError(_stale_message(task))
+        clear_run(run_dir)
+    if status in ("train", "resume", "stale"):
+        train(task.config, run_dir, resume=(status == "resume"), show_progress=False)
     if status != "done":
         model, state = load_run(run_dir)
-        result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
+        protocol = task.protocol
+        result = evaluate_run(model, state, list(task.lambdas), protocol.attacks, eps=protocol.eps, n=protocol.n,
                               seed=protocol.seed, batch_size=protocol.batch_size)
         result["checkpoint"] = str(run_dir / "checkpoint.pt")
         result["protocol"] = protocol.as_dict()
-        write_text_atomic(result_path, json.dumps(result, indent=2) + "\n")
-    return json.loads(result_path.read_text())
+        write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+    return status
 
 
-def _run_task(task: tuple) -> tuple[str, float, str]:
-    name, run_dir, config, protocol, lambdas, threads = task
+def _stale_message(task: Task, others: int = 0) -> str:
+    keys = stale_keys(Path(task.run_dir), task.config)
+    shown = "; ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    more = f" (and {others} more point{'s' if others > 1 else ''})" if others else ""
+    return (f"{task.name} in {task.run_dir} was trained with another config ({shown}){more}; "
+            "pass --retrain-stale to retrain it")
+
+
+def _run_task(job: tuple) -> tuple[str, float, str]:
+    """Run one task in this process if its lock is free (or once it frees, with ``wait``)."""
+    task, threads, retrain_stale, wait = job
+    if threads:  # read by the trainer and evaluation (oat.distributed.set_threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    lock = RunLock(task.run_dir)
+    if not lock.try_acquire():
+        if not wait:
+            return task.name, 0.0, f"held by {lock.holder()}"
+        lock.acquire()
     started = time.perf_counter()
-    status = run_status(Path(run_dir), config, protocol)
-    run_one(Path(run_dir), config, protocol, lambdas, threads)
-    return name, time.perf_counter() - started, status
+    try:
+        status = run_one(task, retrain_stale)
+    finally:
+        lock.release()
+    return task.name, time.perf_counter() - started, status
 
 
-def run_tasks(tasks: list[tuple], workers: int = 1, log=print) -> None:
-    """Run ``(name, run_dir, config, protocol, lambdas)`` tasks, ``workers`` processes at a time.
+def check_tasks(tasks: list[Task], retrain_stale: bool = False) -> None:
+    """Refuse, before anything trains, configs that cannot train and points trained under
+    another config (unless ``retrain_stale``)."""
+    for task in tasks:
+        check_config(task.config)
+    stale = [t for t in tasks if stale_keys(Path(t.run_dir), t.config)]
+    if stale and not retrain_stale:
+        raise ConfigError(_stale_message(stale[0], len(stale) - 1))
+
+
+def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: bool = False) -> None:
+    """Run ``tasks``, ``workers`` processes at a time, each under its run's lock.
 
     Each worker process gets an equal share of the CPU threads, so parallel points don't fight
-    over cores."""
+    over cores. A task whose lock another process holds (a second sweep on the same directory)
+    is skipped at first and waited for at the end, when it is usually finished and only read."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    check_tasks(tasks, retrain_stale)
     threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    full = [(*task, threads) for task in tasks]
-    if workers == 1 or len(full) <= 1:
-        for task in full:
-            _report(log, *_run_task(task))
+    held = []
+    for name, seconds, status in _map(_run_task, [(t, threads, retrain_stale, False) for t in tasks], workers):
+        if status.startswith("held"):
+            held.append(next(t for t in tasks if t.name == name))
+        _report(log, name, seconds, status)
+    for outcome in _map(_run_task, [(t, threads, retrain_stale, True) for t in held], workers):
+        _report(log, *outcome)
+
+
+def _map(function, jobs: list, workers: int):
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(function, jobs)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(full))) as pool:
-        for outcome in pool.imap_unordered(_run_task, full):
-            _report(log, *outcome)
+    with context.Pool(min(workers, len(jobs))) as pool:
+        yield from pool.imap_unordered(function, jobs)
 
 
 def _report(log, name: str, seconds: float, status: str) -> None:
     if log is not None:
         what = {"done": "already finished", "evaluate": "evaluated", "resume": "resumed and evaluated",
-                "train": "trained and evaluated"}[status]
-        log(f"  {name}: {what} ({seconds:.0f}s)")
+                "train": "trained and evaluated", "stale": "retrained (stale config) and evaluated"}
+        if status.startswith("held"):
+            log(f"  {name}: {status}; waiting for it")
+        else:
+            log(f"  {name}: {what[status]} ({seconds:.0f}s)")
 
 
 # ---------------------------------------------------------------- the whole sweep
 def run_sweep(sweep: SweepConfig, base: Config, out: str | Path, workers: int = 1,
-              shard: tuple[int, int] | None = None, log=print) -> dict:
+              shard: tuple[int, int] | None = None, log=print, retrain_stale: bool = False) -> dict:
     """Train and evaluate the sweep's points into ``out`` and write ``out/frontier.json``."""
     out = Path(out)
-    protocol = Protocol.from_eval(sweep.eval or base.eval)
+    protocol = Protocol.from_eval(sweep.eval or base.eval, "eval" if sweep.eval else "base eval")
     points = select_shard(make_points(sweep, base), shard)
     tasks = point_tasks(points, out, protocol)
     if log is not None:
         log(f"sweep: {len(tasks)} dedicated baselines into {out / POINTS_DIR}"
             + (f" (shard {shard[0]}/{shard[1]})" if shard else ""))
-    run_tasks(tasks, workers, log)
+    run_tasks(tasks, workers, log, retrain_stale)
     return write_frontier(out, make_points(sweep, base), protocol)
 
 
-def point_tasks(points: list[Point], out: Path, protocol: Protocol) -> list[tuple]:
+def point_tasks(points: list[Point], out: Path, protocol: Protocol) -> list[Task]:
     """The :func:`run_tasks` tasks that train and evaluate ``points``, each in ``out/points/<name>``."""
-    return [(p.name, str(out / POINTS_DIR / p.name), p.config, protocol, [p.lam]) for p in points]
+    return [Task(p.name, str(out / POINTS_DIR / p.name), p.config, protocol, (p.lam,)) for p in points]
 
 
 def write_frontier(out: Path, points: list[Point], protocol: Protocol) -> dict:
@@ -272,7 +365,10 @@ def write_frontier(out: Path, points: list[Point], protocol: Protocol) -> dict:
 
 
 def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
-    """Every finished point's (SA, RA per attack), whichever process or shard produced it."""
+    """Every finished point's (SA, RA per attack), whichever process or shard produced it, with
+    the protocol it was measured with (so a comparison can check it against the OAT model's)."""
+    from oat.protocol import protocol_of
+
     rows, missing = [], []
     for point in points:
         path = out / POINTS_DIR / point.name / "eval.json"
@@ -288,7 +384,7 @@ def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
             "name": point.name, "kind": point.kind, "value": point.value, "lambda": point.lam,
             "clean": measured["clean"], "robust": measured["robust"], "robust_worst": measured["robust_worst"],
             "train_seconds": result["train_seconds"], "epochs": result["epochs"], "flags": result["flags"],
-            "run_dir": str(path.parent),
+            "run_dir": str(path.parent), "protocol": protocol_of(result),
         })
     return {"protocol": protocol.as_dict(), "points": rows, "missing": missing,
             "train_seconds_total": sum(r["train_seconds"] for r in rows)}

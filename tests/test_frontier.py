@@ -107,3 +107,77 @@ def test_shards_and_workers_share_one_output_directory(tmp_path):
     protocols = {json.dumps(json.loads((out / "points" / n / "eval.json").read_text())["protocol"])
                  for n in ("lambda-0", "lambda-1", "trades-beta-1")}
     assert len(protocols) == 1  # every point evaluated with the same protocol
+
+
+def test_a_rerun_never_reuses_a_point_trained_under_another_config(tmp_path):
+    path = write_sweep(tmp_path, values=(0.0, 1.0), epochs=1)
+    out = tmp_path / "out"
+    assert oat("frontier", "--config", str(path), "--out", str(out), "--quiet").returncode == 0
+    results = {n: out / "points" / n / "eval.json" for n in ("lambda-0", "lambda-1")}
+    stamps = {n: p.stat().st_mtime_ns for n, p in results.items()}
+
+    rerun = oat("frontier", "--config", str(path), "--out", str(out))
+    assert rerun.returncode == 0, rerun.stderr
+    assert rerun.stdout.count("already finished") == 2
+    assert {n: p.stat().st_mtime_ns for n, p in results.items()} == stamps  # nothing re-evaluated
+
+    for change, named in [("attack.eps=0.1", "attack.eps: 0.3 → 0.1"), ("train.epochs=2", "train.epochs: 1 → 2")]:
+        refused = oat("frontier", "--config", str(path), "--out", str(out), "--set", change)
+        assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+        assert f"lambda-0 in {out / 'points' / 'lambda-0'} was trained with another config ({named})" in refused.stderr
+        assert "(and 1 more point)" in refused.stderr and "--retrain-stale" in refused.stderr
+        assert {n: p.stat().st_mtime_ns for n, p in results.items()} == stamps  # refused before touching anything
+
+    retrained = oat("frontier", "--config", str(path), "--out", str(out), "--set", "train.epochs=2", "--retrain-stale")
+    assert retrained.returncode == 0, retrained.stderr
+    assert retrained.stdout.count("retrained (stale config) and evaluated") == 2
+    for name in results:
+        metrics = (out / "points" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
+    assert [p["epochs"] for p in json.loads((out / "frontier.json").read_text())["points"]] == [2, 2]
+
+
+def test_a_bad_evaluation_protocol_is_refused_before_anything_trains(tmp_path):
+    path = write_sweep(tmp_path)
+    sweep = yaml.safe_load(path.read_text())
+    sweep["eval"]["attacks"] = ["fgsm", "pgd-x"]
+    path.write_text(yaml.safe_dump(sweep))
+    result = oat("frontier", "--config", str(path), "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "config key 'eval.attacks': unknown attack 'pgd-x'" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_two_sweeps_on_one_directory_train_each_point_once(tmp_path):
+    path = write_sweep(tmp_path, values=(0.0, 0.5, 1.0), epochs=2)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "oat", "frontier", "--config", str(path), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first, second = (subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True) for _ in range(2))
+    outputs = [process.communicate(timeout=600) for process in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, outputs
+    stdout = outputs[0][0] + outputs[1][0]
+    assert stdout.count("trained and evaluated") == 3  # each point once, by one process or the other
+    for name in ("lambda-0", "lambda-0.5", "lambda-1"):
+        metrics = (out / "points" / name / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["epoch"] for line in metrics] == [1, 2]
+    for process_output in outputs:  # both processes end with the whole frontier
+        assert "3 finished points" in process_output[0]
+
+
+def test_a_run_lock_dies_with_its_holder(tmp_path):
+    from oat.lock import RunLock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from oat.lock import RunLock; "
+                               f"RunLock({str(tmp_path)!r}).acquire(); print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    lock = RunLock(tmp_path)
+    assert not lock.try_acquire()
+    assert lock.holder().startswith(f"pid {holder.pid} on ")
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    assert lock.try_acquire()  # the holder is dead: its lock went with it, the file stays
+    assert RunLock(tmp_path).try_acquire() is False  # and this process now holds it
+    lock.release()
