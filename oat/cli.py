@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from pathlib import Path
 
@@ -33,48 +35,90 @@ def _float_list(text: str) -> list[float]:
 
 def cmd_train(args) -> int:
     from .config import load_config
-    from .trainer import train
+    from .lock import RunLock
+    from .trainer import CONFIG, train
 
     if args.resume:
         if args.out is None:
             raise UserError("--resume needs --out DIR (the run directory to continue)")
-        if args.set:
-            raise UserError("--set cannot change a run being resumed; its saved config is used")
-        config = None
+        # A config or --set given with --resume must agree with the saved one (the trainer checks).
+        given = args.config or (Path(args.out) / CONFIG if args.set else None)
+        config = load_config(given, args.set) if given else None
     else:
         if args.config is None:
             raise UserError("--config FILE is required (see configs/ for examples)")
         config = load_config(args.config, args.set)
-    out = args.out or f"runs/{Path(args.config).stem}"
-    path = train(config, out, resume=args.resume, show_progress=not args.quiet)
+    out = Path(args.out or f"runs/{Path(args.config).stem}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run directory")
+    lock = RunLock(out)
+    # Under torchrun every rank runs this command on one directory: rank 0 holds the lock for all.
+    if os.environ.get("RANK", "0") == "0" and not lock.try_acquire():
+        raise UserError(f"{out} is being trained by {lock.holder()}; wait for it or choose another --out")
+    try:
+        path = train(config, out, resume=args.resume, show_progress=not args.quiet)
+    finally:
+        lock.release()
     if not args.quiet:
         print(f"checkpoint: {path}")
     return 0
 
 
+def _check_eval_args(args) -> None:
+    """Refuse nonsense before a checkpoint is loaded or a dataset read."""
+    from .distributed import pick_device
+    from .evaluation import parse_attack
+
+    if args.eps is not None and not (math.isfinite(args.eps) and args.eps >= 0):
+        raise UserError(f"--eps must be a finite number ≥ 0, got {args.eps}")
+    for flag, value in (("--n", args.n), ("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} must be at least 1, got {value}")
+    if args.attacks is not None:
+        names = [a for a in args.attacks.split(",") if a.strip()]
+        if not names:
+            raise UserError("--attacks is empty")
+        for name in names:
+            try:
+                parse_attack(name)
+            except ValueError as error:
+                raise UserError(f"--attacks: {error}") from None
+    if args.out is not None and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory; give the JSON file to write")
+    try:
+        pick_device(args.device)
+    except ValueError as error:
+        raise UserError(f"--device: {error}") from None
+
+
 def cmd_eval(args) -> int:
     from .checkpoint import write_text_atomic
+    from .distributed import set_threads
     from .evaluation import print_table
-    from .runs import default_lambdas, evaluate_run, load_run
+    from .runs import check_eps, default_lambdas, evaluate_run, load_run, run_data
 
-    model, state = load_run(args.checkpoint, args.device)
-    lambdas = _float_list(args.lambdas) if args.lambdas else default_lambdas(state)
+    lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
+    _check_eval_args(args)
+    set_threads(args.threads)
+    # A run directory means its checkpoint.pt: eval.json then lands in the run directory, where
+    # `oat plot RUN_DIR` looks for it, not beside the directory.
+    checkpoint = Path(args.checkpoint)
+    if checkpoint.is_dir():
+        checkpoint = checkpoint / "checkpoint.pt"
+    model, state = load_run(checkpoint, args.device)
+    lambdas = lambdas or default_lambdas(state)
     attacks = [a for a in args.attacks.split(",") if a.strip()] if args.attacks else state["config"]["eval"]["attacks"]
     eps = state["eps"] if args.eps is None else args.eps
-    if not eps >= 0:
-        raise UserError(f"--eps must be a non-negative number, got {eps}")
     n = args.n if args.n is not None else state["config"]["eval"]["n"]
-    if n is not None and n < 1:
-        raise UserError(f"--n must be at least 1, got {n}")
     try:
-        result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=args.seed,
-                              batch_size=args.batch_size, data_root=args.data_root, show_progress=not args.quiet)
-    except FileNotFoundError as error:
-        raise UserError(str(error).splitlines()[0]) from None
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    result["checkpoint"] = str(args.checkpoint)
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "eval.json"
+        splits = run_data(state, args.data_root)
+        check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the training ε of {checkpoint}:")
+    except (FileNotFoundError, ValueError) as error:
+        raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
+    result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=args.seed, batch_size=args.batch_size,
+                          show_progress=not args.quiet, splits=splits)
+    result["checkpoint"] = str(checkpoint)
+    out = Path(args.out) if args.out else checkpoint.parent / "eval.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {out}")
@@ -87,7 +131,7 @@ def cmd_frontier(args) -> int:
     sweep, base = load_sweep(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem}"
     summary = run_sweep(sweep, base, out, workers=args.workers, shard=parse_shard(args.shard),
-                        log=None if args.quiet else print)
+                        log=None if args.quiet else print, retrain_stale=args.retrain_stale)
     if not args.quiet:
         print(f"wrote {Path(out) / 'frontier.json'}: {len(summary['points'])} finished points"
               + (f", {len(summary['missing'])} not yet (other shards?)" if summary["missing"] else ""))
@@ -99,16 +143,19 @@ def cmd_plot(args) -> int:
     from frontier.report import find_results, write_report
 
     try:
-        comparison = find_results(args.dirs)
-    except (FileNotFoundError, ValueError) as error:
-        raise UserError(str(error)) from None
+        comparison = find_results(args.dirs, allow_mismatch=args.allow_mismatch)
+    except (FileNotFoundError, ValueError) as error:  # ProtocolMismatch is a ValueError
+        raise UserError(" ".join(str(error).splitlines())) from None
+    for mismatch in comparison.mismatches:
+        print(f"oat: warning: evaluation protocols differ: {mismatch}", file=sys.stderr)
     out = Path(args.out) if args.out else Path(args.dirs[0]) / "frontier_plot.png"
     paths = plot(comparison, out)
     summary = write_report(comparison, out.parent)
     print(f"wrote {paths[0]}, {paths[1]}, {out.parent / 'report.md'}, {out.parent / 'summary.json'}")
     if summary["hypervolume_ratio"] is not None:
         print(f"hypervolume ratio OAT / frontier {summary['hypervolume_ratio']:.3f}"
-              + (f", cost ratio {summary['cost_ratio']:.3f}" if summary["cost_ratio"] is not None else ""))
+              + (f", cost ratio {summary['cost_ratio']:.3f}" if summary["cost_ratio"] is not None else "")
+              + (" (PROTOCOL MISMATCH: not a fair comparison)" if comparison.mismatches else ""))
     return 0
 
 
@@ -117,12 +164,20 @@ def cmd_demo(args) -> int:
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    run_demo(args.out, workers=args.workers)
+    run_demo(args.out, workers=args.workers, retrain_stale=args.retrain_stale)
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``oat train: error: …``, exit 2) like every other
+    user error; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="oat",
         description=(
             "Once-for-all adversarial training: train one network conditioned on the "
@@ -140,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override a config value, e.g. --set train.epochs=5 (repeatable)")
     train.add_argument("--out", help="run directory (default runs/<config name>)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its checkpoint (a --config or --set given with it "
+                            "must not change the result)")
     train.add_argument("--quiet", action="store_true", help="no progress output")
     train.set_defaults(run=cmd_train)
 
@@ -148,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "eval", help="evaluate one checkpoint at several λ with several attacks",
         description="Clean and robust accuracy of one checkpoint at each λ; writes eval.json beside the "
                     "checkpoint (or --out) and prints a table.")
-    ev.add_argument("--checkpoint", required=True, help="checkpoint.pt (or its run directory)")
+    ev.add_argument("--checkpoint", required=True,
+                    help="checkpoint.pt, or its run directory (then eval.json goes into that directory)")
     ev.add_argument("--lambdas", help="comma-separated λ values (default: training values plus 0.05,0.25,0.5,0.7,0.9)")
     ev.add_argument("--attacks", help="comma-separated: fgsm, pgd-N, pgd-NxR, cw-N, autoattack, apgd "
                                       "(default: the config's eval.attacks)")
@@ -157,8 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed of the subset and the attacks' random starts")
     ev.add_argument("--batch-size", type=int, default=500)
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    ev.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")
     ev.add_argument("--data-root", help="where the dataset lives (default: the training config's)")
-    ev.add_argument("--out", help="output JSON (default: eval.json beside the checkpoint)")
+    ev.add_argument("--out", help="output JSON (default: eval.json beside the checkpoint, in its run directory)")
     ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(run=cmd_eval)
 
@@ -173,6 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     fr.add_argument("--out", help="output directory (default runs/<config name>)")
     fr.add_argument("--workers", type=int, default=1, help="points trained in parallel processes")
     fr.add_argument("--shard", help="run only the i-th of n slices of the points, e.g. 2/4 (job arrays)")
+    fr.add_argument("--retrain-stale", action="store_true",
+                    help="retrain points trained under another config (otherwise they are refused)")
     fr.add_argument("--quiet", action="store_true", help="no progress output")
     fr.set_defaults(run=cmd_frontier)
 
@@ -180,9 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         "plot", help="draw OAT vs the dedicated frontier; write report.md and summary.json",
         description="Find an OAT run (eval.json) and sweeps (frontier.json) in the directories (or one level "
                     "below) and draw the SA–RA plane and SA/RA against λ, as PNG and SVG, with report.md and "
-                    "summary.json beside them.")
+                    "summary.json beside them. Every model must have been evaluated the same way (dataset, split, "
+                    "ε, norm, test subset, attacks, seed); a mismatch is refused.")
     pl.add_argument("dirs", nargs="+", metavar="DIR")
     pl.add_argument("--out", help="image path (default DIR/frontier_plot.png; an .svg is written beside it)")
+    pl.add_argument("--allow-mismatch", action="store_true",
+                    help="compare models evaluated differently anyway; the plot, report.md and summary.json "
+                         "are marked PROTOCOL MISMATCH")
     pl.set_defaults(run=cmd_plot)
 
     de = commands.add_parser(
@@ -192,8 +257,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "write the plot, report.md and summary.json. Rerunning reuses finished work.")
     de.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     de.add_argument("--workers", type=int, default=2, help="models trained in parallel processes (default 2)")
+    de.add_argument("--retrain-stale", action="store_true",
+                    help="retrain models in --out trained under other settings (otherwise they are refused)")
     de.set_defaults(run=cmd_demo)
     return parser
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -209,7 +281,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args)
     except (UserError, ConfigError, CheckpointError) as error:
-        print(f"oat: error: {error}", file=sys.stderr)
+        print(f"oat: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system said no: a path that is a file, read-only, full, gone
+        print(f"oat: error: {_one_line(error)}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:
         print(f"oat: training stopped: {error}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """The ``oat`` command: help, version, and one-line errors with exit code 2 for user mistakes."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -96,3 +97,42 @@ def test_a_real_process_exits_2_without_traceback(tmp_path):
                             capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 2
     assert result.stderr.strip() == f"oat: error: config file not found: {tmp_path / 'x.yaml'}"
+
+
+def _full_disk(tmp_path):
+    """A 64 KiB tmpfs: config and metrics fit, a checkpoint does not (a real ENOSPC). Needs root."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    return mount, None
+
+
+def _file_size_limit(tmp_path):
+    """A 64 KiB file-size limit (EFBIG instead of ENOSPC), for machines where mounting is refused."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get the error, not the signal
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
+
+    return tmp_path, limit
+
+
+@pytest.mark.parametrize("make_disk, errno_text", [(_full_disk, "No space left on device"),
+                                                     (_file_size_limit, "File too large")])
+def test_a_full_disk_is_one_line_naming_the_file(tmp_path, make_disk, errno_text):
+    disk, preexec = make_disk(tmp_path)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "oat", "train", "--config", DIGITS, "--set", "train.epochs=1",
+             "--set", "attack.steps=1", "--out", str(disk / "run"), "--quiet"],
+            capture_output=True, text=True, cwd=ROOT, preexec_fn=preexec, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    finally:
+        if preexec is None:
+            subprocess.run(["umount", str(disk)], check=True)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert errno_text in result.stderr and str(disk / "run" / "checkpoint.pt") in result.stderr
