@@ -74,9 +74,9 @@ class Protocol:
         return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed}
 
     @classmethod
-    def from_eval(cls, config: EvalConfig, section: str = "eval") -> "Protocol":
+    def from_eval(cls, config: EvalConfig) -> "Protocol":
         """The protocol an eval section asks for, checked before anything trains."""
-        check_eval(config, section)
+        check_eval(config)
         return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size)
 
 
@@ -342,7 +342,7 @@ def run_sweep(sweep: SweepConfig, base: Config, out: str | Path, workers: int = 
               shard: tuple[int, int] | None = None, log=print, retrain_stale: bool = False) -> dict:
     """Train and evaluate the sweep's points into ``out`` and write ``out/frontier.json``."""
     out = Path(out)
-    protocol = Protocol.from_eval(sweep.eval or base.eval, "eval" if sweep.eval else "base eval")
+    protocol = Protocol.from_eval(sweep.eval or base.eval)
     points = select_shard(make_points(sweep, base), shard)
     tasks = point_tasks(points, out, protocol)
     if log is not None:

@@ -169,7 +169,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # Only torch's unpickler and the rebuild functions it allows run in here, on the file's
         # data; on an intact archive whatever they raise describes the file, not a bug of oat's.
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as error:
-            raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(error)})") from None
+            raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not an oat checkpoint (no model weights and config)")
     return state
@@ -195,7 +195,7 @@ def _intact_pickle(path: Path, handle: BinaryIO) -> bytes:
                 data_pkl = f"{names[0].split('/')[0]}/data.pkl" if names else None
                 pickled = archive.read(data_pkl) if data_pkl in names else None
     except _DAMAGED_ZIP as error:
-        raise CheckpointError(f"{path} is truncated or corrupt ({_first_line(error)})") from None
+        raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
     if not is_zip:
         handle.seek(0)
         raise _not_a_zip(path, handle)
@@ -273,6 +273,7 @@ def _unpickler_detail(error: pickle.UnpicklingError) -> str:
     return next(text for text in match.groups() if text).strip() if match else "the weights-only unpickler refused it"
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An exception's first line (or its type's name): enough for a one-line error message."""
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__

@@ -30,7 +30,8 @@ from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
 from .attacks.base import eval_mode
 from .awp import AWP
-from .checkpoint import CheckpointError, load_checkpoint, remove_orphans, save_checkpoint, write_text_atomic
+from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
+                         write_text_atomic)
 from .config import Config, ConfigError, check_config, config_differences, dump_config, from_dict
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
@@ -107,9 +108,9 @@ def build(config: Config) -> Experiment:
         raise ConfigError(str(error).splitlines()[0]) from None
     except OSError as error:  # no network for data.download, an unreadable data.root …
         raise ConfigError(f"data: cannot {'fetch' if data.download else 'read'} {data.name} into {data.root} "
-                          f"({_first_line(error)})") from None
+                          f"({first_line(error)})") from None
     except (ValueError, TypeError) as error:
-        raise ConfigError(f"data: {_first_line(error)}") from None
+        raise ConfigError(f"data: {first_line(error)}") from None
     info = splits.info
     eps = training_eps(config, info)
     _check_classes(config, splits)
@@ -157,12 +158,7 @@ def _check_forward(model: nn.Module, info: datasets.DatasetInfo, options: dict) 
             model(torch.zeros(2, *info.input_shape), 0.0)
     except RuntimeError as error:
         raise ConfigError(f"model: {type(model).__name__} with model.options {options} cannot process "
-                          f"{info.name}'s {tuple(info.input_shape)} inputs ({_first_line(error)})") from None
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+                          f"{info.name}'s {tuple(info.input_shape)} inputs ({first_line(error)})") from None
 
 
 def non_finite(*states: dict) -> list[str]:
@@ -357,7 +353,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             scaler.load_state_dict(state["scaler"])
             start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
         except (KeyError, RuntimeError, ValueError, TypeError) as error:  # the file's content, not oat
-            what = f"no {error}" if isinstance(error, KeyError) else _first_line(error)
+            what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
             raise CheckpointError(f"{checkpoint_path} cannot be resumed: {what}") from None
 
     if cfg.sync_bn and env.enabled:
