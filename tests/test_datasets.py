@@ -129,8 +129,21 @@ EXPECTED_INFO = {  # name: (num_classes, input_shape, eps, augment)
     "svhn": (10, (3, 32, 32), 8 / 255, "none"),
     "stl10": (10, (3, 96, 96), 8 / 255, "crop_flip"),
     "mnist": (10, (1, 28, 28), 0.3, "none"),
-    "fashion-mnist": (10, (1, 28, 28), 0.3, "none"),
+    "fashion-mnist": (10, (1, 28, 28), 0.1, "none"),
 }
+
+
+@pytest.fixture(autouse=True)
+def no_system_copy(tmp_path, monkeypatch):
+    """These tests see only the files they write: Debian's Fashion-MNIST, where installed, is
+    moved out of sight (a folder that does not exist)."""
+    import dataclasses
+
+    from oat.datasets import vision
+
+    hidden = dataclasses.replace(vision._SOURCES["fashion-mnist"], system_dir=tmp_path / "no-system-copy")
+    monkeypatch.setitem(vision._SOURCES, "fashion-mnist", hidden)
+    return hidden.system_dir
 
 
 @pytest.mark.parametrize("name", sorted(WRITERS))
@@ -170,6 +183,92 @@ def test_one_missing_file_is_named(name, missing, tmp_path):
         datasets.load(name, root=tmp_path)
     message = str(caught.value)
     assert str(tmp_path / missing) in message and name in message and "download=True" in message
+
+
+def _snapshot(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*"))
+
+
+def test_idx_files_load_gzipped_or_not_flat_or_in_torchvisions_layout(tmp_path):
+    import gzip
+
+    train, train_y, test, test_y = _write_mnist(tmp_path / "tv", "FashionMNIST")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for index, path in enumerate(sorted((tmp_path / "tv" / "FashionMNIST" / "raw").iterdir())):
+        if index % 2:  # half of them gzipped, half plain: each file is found either way
+            (flat / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+        else:
+            (flat / path.name).write_bytes(path.read_bytes())
+    before = _snapshot(flat)
+    splits = datasets.load("fashion-mnist", root=flat)
+    _assert_split(splits.train, train, train_y)
+    _assert_split(splits.test, test, test_y)
+    assert _snapshot(flat) == before  # nothing extracted, nothing written
+
+
+def test_fashion_mnist_falls_back_to_the_system_copy_and_writes_nothing(tmp_path, no_system_copy):
+    import gzip
+
+    train, train_y, test, test_y = _write_mnist(tmp_path / "tv", "FashionMNIST")
+    no_system_copy.mkdir()
+    for path in (tmp_path / "tv" / "FashionMNIST" / "raw").iterdir():
+        (no_system_copy / f"{path.name}.gz").write_bytes(gzip.compress(path.read_bytes()))
+    root = tmp_path / "data"
+    root.mkdir()
+    before = _snapshot(no_system_copy)
+    splits = datasets.load("fashion-mnist", root=root)
+    _assert_split(splits.train, train, train_y)
+    _assert_split(splits.test, test, test_y)
+    assert _snapshot(no_system_copy) == before and list(root.iterdir()) == []
+    datasets.load("fashion-mnist", root=tmp_path / "absent")
+    assert not (tmp_path / "absent").exists()
+
+
+def test_no_copy_anywhere_names_every_place_and_the_package(tmp_path, no_system_copy):
+    with pytest.raises(FileNotFoundError) as caught:
+        datasets.load("fashion-mnist", root=tmp_path / "data")
+    message = str(caught.value)
+    for part in (str(tmp_path / "data" / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"), "(or .gz",
+                 f"flat in {tmp_path / 'data'}", str(no_system_copy), "apt-get install dataset-fashion-mnist",
+                 "download=True"):
+        assert part in message, part
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"\x08\x03\x00\x00", "not an IDX file"),
+    (struct.pack(">I", 0x0803) + struct.pack(">3I", 2, 28, 28) + bytes(100), "holds 100 bytes of data, its header says 1568"),
+    (struct.pack(">I", 0x0803) + b"\x00\x00", "is truncated"),
+])
+def test_damaged_idx_files_are_named(tmp_path, content, match):
+    from oat.datasets.idx import read_idx
+
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match) as caught:
+        read_idx(path)
+    assert str(path) in str(caught.value)
+    gz = tmp_path / "broken.gz"
+    gz.write_bytes(b"\x1f\x8b not really gzip")
+    with pytest.raises(ValueError, match=f"{gz} is not a readable gzip file"):
+        read_idx(gz)
+
+
+def test_train_size_keeps_a_seeded_class_stratified_subset(tmp_path):
+    from oat.datasets.vision import subsample_train
+
+    labels = torch.arange(100) % 4  # 25 per class
+    images = torch.from_numpy(_images(100, 1, 28, 28, seed=3))
+    full = datasets.Splits(TensorImageDataset(images, labels), TensorImageDataset(images[:5], labels[:5]),
+                           DatasetInfo("t", 4, (1, 28, 28), (0.5,), (0.5,), 0.1, "none"))
+    a, b, c = (subsample_train(full, 20, seed) for seed in (0, 0, 1))
+    assert torch.bincount(a.train.labels).tolist() == [5, 5, 5, 5]
+    assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
+    assert a.test is full.test
+    assert a.info.mean[0] == pytest.approx(a.train.images.double().mean().item() / 255)
+    with pytest.raises(ValueError, match="train_size must be an integer in 1..100, got 101"):
+        subsample_train(full, 101, 0)
 
 
 def test_download_uses_torchvision_checksums(tmp_path, monkeypatch):
@@ -245,8 +344,8 @@ def test_registry_names_and_errors():
         datasets.load("fashion_mnist")
     with pytest.raises(ValueError, match=r"unknown options \['tset_size'\]; it accepts: test_size, seed"):
         datasets.load("digits", tset_size=100)
-    with pytest.raises(ValueError, match="accepts: none"):
-        datasets.load("cifar10", seed=1)
+    with pytest.raises(ValueError, match="accepts: train_size, seed"):
+        datasets.load("cifar10", train_sise=1)
     with pytest.raises(ValueError, match=r"needs options \['path'\]"):
         datasets.load("npz")
     with pytest.raises(ValueError, match="download must be True or False"):
