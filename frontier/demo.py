@@ -99,7 +99,9 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | 
         log(f"report:  {out / 'report.md'}  summary: {out / 'summary.json'}")
         log(f"hypervolume ratio OAT / dedicated frontier: {summary['hypervolume_ratio']:.3f} "
             f"({summary['hypervolume_oat']:.4f} vs {summary['hypervolume_frontier']:.4f}); "
-            f"cost ratio OAT / frontier: {summary['cost_ratio']:.3f} "
+            f"cost ratio OAT / frontier: {summary['cost_ratio']:.3f} in passes "
+            f"({summary['train_passes_oat'] / 1e6:.2f} M vs {summary['train_passes_frontier'] / 1e6:.2f} M), "
+            f"{summary['cost_ratio_seconds']:.3f} in seconds "
             f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
         log(f"demo took {summary['demo_seconds']:.0f} s")
     return summary

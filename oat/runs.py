@@ -171,6 +171,7 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=seed,
                       batch_size=batch_size, show_progress=show_progress)
     result["train_seconds"] = float(state["train_seconds"])
+    result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
     result["epochs"] = int(state["epoch"])
     return result
 

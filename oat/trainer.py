@@ -36,6 +36,7 @@ from .config import Config, ConfigError, check_config, config_differences, dump_
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
 from .objectives import make_objective
+from .passes import KINDS, PassCounter
 from .progress import Progress, format_seconds
 from .sampling import make_sampler
 from .schedules import lr_factor
@@ -345,6 +346,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16" and device.type == "cuda"))
 
     start_epoch, train_seconds = 0, 0.0
+    passes_before = dict.fromkeys(KINDS, 0)  # the whole run's passes (all ranks) when it was resumed
     checkpoint_path = out_dir / CHECKPOINT
     if state is not None:
         try:
@@ -352,7 +354,8 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as error:  # the file's content, not oat
+            passes_before = {kind: int(state.get("passes", {}).get(kind, 0)) for kind in KINDS}
+        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:  # the file, not oat
             what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
             raise CheckpointError(f"{checkpoint_path} cannot be resumed: {what}") from None
 
@@ -361,6 +364,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
         raw_model = convert_sync_batchnorm(raw_model)
     step_module = _LossStep(raw_model, objective)
+    counter = PassCounter().attach(raw_model)  # this process's passes from here on
     if env.enabled:
         # find_unused_parameters: a rank whose batch has no λ = 0 example leaves its clean BNs unused.
         step_module = nn.parallel.DistributedDataParallel(
@@ -455,6 +459,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
             "lr": optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "fosc": (totals[5].item() / totals[6].item()) if totals[6] > 0 else None,
+            "passes": _run_passes(passes_before, counter, env),
         }
         broken = non_finite(raw_model.state_dict(), optimizer.state_dict())
         if broken:
@@ -473,6 +478,7 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
                 "rng": _rng_state(device),
                 "epoch": epoch + 1,
                 "train_seconds": train_seconds,
+                "passes": record["passes"],
                 "config": config.to_dict(),
                 "model_spec": exp.model_spec,
                 "train_lambdas": exp.train_lambdas,
@@ -484,6 +490,14 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
                          f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {seconds:.1f}s"
                          f"  (eta {format_seconds(progress.eta())})")
         barrier(env)
+    counter.detach()
     return checkpoint_path
+
+
+def _run_passes(before: dict, counter: PassCounter, env: DistEnv) -> dict[str, int]:
+    """The run's forward/backward passes so far: those before a resume plus every rank's since."""
+    local = counter.counts()
+    summed = all_reduce_sum(torch.tensor([local[kind] for kind in KINDS], dtype=torch.float64), env)
+    return {kind: before[kind] + int(value) for kind, value in zip(KINDS, summed.tolist())}
 
 

@@ -103,7 +103,7 @@ def test_plot_refuses_different_attacks_unless_allowed_and_then_says_so(tmp_path
     assert "## Protocol mismatches" in report and f"- {expected}" in report
     assert "on the same" not in report  # no claim of a common evaluation
     assert "| OAT | 0 | | 99.0 | 10.0 | – | 10.0 | |" in report  # pgd-20 never run on OAT: a dash
-    assert "| lambda-1 | 1 |  | 93.0 | – | 55.0 | 55.0 | 15 |" in report
+    assert "| lambda-1 | 1 |  | 93.0 | – | 55.0 | 55.0 | – | 15 |" in report
     assert "PROTOCOL MISMATCH" in (out.parent / "plot.svg").read_text()
 
 

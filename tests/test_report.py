@@ -23,15 +23,21 @@ def _point(lam, clean, pgd, apgd, flags=()):
     return {"lambda": lam, "clean": clean, "robust": {"pgd-20": pgd, "apgd": apgd}, "robust_worst": min(pgd, apgd)}
 
 
+def _passes(total):
+    return {"forward": total // 2, "backward_input": total // 4, "backward_full": total - total // 2 - total // 4}
+
+
 def _dedicated(name, kind, value, lam, clean, worst, seconds):
+    """A dedicated point; its counted passes are 1,000 per second of training, plus one."""
     return {"name": name, "kind": kind, "value": value, "lambda": lam, "clean": clean,
             "robust": {"pgd-20": worst + 0.02, "apgd": worst}, "robust_worst": worst, "train_seconds": seconds,
+            "train_passes": _passes(int(seconds * 1000) + 1),
             "epochs": 5, "flags": [], "protocol": dict(PROTOCOL, attacks=sorted(ATTACKS))}
 
 
 @pytest.fixture
 def comparison():
-    oat = {**PROTOCOL, "train_seconds": 30.0,
+    oat = {**PROTOCOL, "train_seconds": 30.0, "train_passes": _passes(25_000),
            "points": [_point(0.0, 0.99, 0.02, 0.0), _point(0.4, 0.97, 0.30, 0.28), _point(1.0, 0.90, 0.52, 0.50)],
            "flags": [{"lambda": 1.0, "kind": "pgd_above_autoattack", "message": "λ=1: test flag"}]}
     dedicated = [
@@ -51,7 +57,10 @@ def test_summary_figures_are_computed_from_the_worst_case(comparison):
     assert s["hypervolume_frontier"] == pytest.approx(0.92 * 0.50 + 0.06 * 0.25)
     assert s["hypervolume_ratio"] == pytest.approx(s["hypervolume_oat"] / s["hypervolume_frontier"])
     assert s["train_seconds_oat"] == 30.0 and s["train_seconds_frontier"] == 90.0
-    assert s["cost_ratio"] == pytest.approx(30 / 90)
+    assert s["train_passes_oat"] == 25_000 and s["train_passes_frontier"] == 90_003
+    assert s["cost_ratio"] == pytest.approx(25_000 / 90_003)  # counted passes, not seconds
+    assert s["cost_ratio_seconds"] == pytest.approx(30 / 90)
+    assert s["train_passes_trades"] == 45_001
     assert s["runs_frontier"] == 3 and s["runs_trades"] == 1
     # OAT's λ = 1 point (0.90, 0.50) is behind lambda-1 (0.92, 0.50)? equal RA: not strictly in both → 0
     assert s["gap"]["worst_deficit"] == pytest.approx(0.0)
@@ -70,7 +79,8 @@ def test_report_and_summary_files(comparison, tmp_path):
     summary = write_report(comparison, tmp_path)
     stored = json.loads((tmp_path / "summary.json").read_text())
     for key in ("hypervolume_oat", "hypervolume_frontier", "hypervolume_ratio", "train_seconds_oat",
-                "train_seconds_frontier", "cost_ratio", "flags"):
+                "train_seconds_frontier", "train_passes_oat", "train_passes_frontier", "cost_ratio",
+                "cost_ratio_seconds", "flags"):
         assert key in stored
     assert stored == json.loads(json.dumps(summary))
     report = (tmp_path / "report.md").read_text()

@@ -95,6 +95,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_weights(tmp_path):
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(out / "checkpoint.pt", weights_only=True)
     assert b["epoch"] == 4
+    assert b["passes"] == a["passes"]  # counted passes survive the kill too
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert [json.loads(x)["epoch"] for x in metrics.read_text().splitlines()] == [1, 2, 3, 4]
@@ -224,3 +225,23 @@ def test_resume_refuses_weights_that_do_not_fit_and_a_missing_optimiser_state(tm
         result = run_cli("train", "--out", str(out), "--resume", "--quiet")
         assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
         assert message in result.stderr
+
+
+@pytest.mark.parametrize("lam, attacked", [(1.0, True), (0.0, False)])
+def test_training_passes_are_counted_as_the_arithmetic_says(tmp_path, lam, attacked):
+    """A dedicated run on the 1,437 training digits, batch 64: 22 steps (1,408 examples) an
+    epoch. At λ = 1 every example is attacked: k attack steps (a forward and an input-only
+    backward each), a clean and an adversarial forward, both backpropagated in full, and the
+    FOSC probe (one forward and input backward of 32 attacked examples a step). At λ = 0 nothing
+    is attacked: one forward and one full backward per example."""
+    steps, epochs, examples, batches = 3, 2, 22 * 64, 22
+    config = tiny(epochs=epochs, steps=steps, **{"model.conditioned": "false", "lambdas.sampler": "fixed",
+                                               "lambdas.params": f"{{value: {lam}}}"})
+    trainer.train(config, tmp_path, show_progress=False)
+    per_epoch = ({"forward": examples * (steps + 2) + batches * trainer.FOSC_EXAMPLES,
+                  "backward_input": examples * steps + batches * trainer.FOSC_EXAMPLES,
+                  "backward_full": examples * 2} if attacked else
+                 {"forward": examples, "backward_input": 0, "backward_full": examples})
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [line["passes"] for line in lines] == [{k: v * e for k, v in per_epoch.items()} for e in (1, 2)]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["passes"] == lines[-1]["passes"]
