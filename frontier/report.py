@@ -27,6 +27,7 @@ from oat.passes import total
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
 
 from .pareto import gap, hypervolume, non_dominated
+from .uncertainty import LEVEL, RESAMPLES, bootstrap_ratio, wilson_interval
 
 SUMMARY_JSON = "summary.json"
 REPORT_MD = "report.md"
@@ -158,6 +159,12 @@ def summarize(comparison: Comparison) -> dict:
         "train_passes_trades": _total_passes(trades),
     }
     summary["hypervolume_ratio"] = _ratio(summary["hypervolume_oat"], summary["hypervolume_frontier"])
+    # Resampling one example set for every model is only meaningful when they share it.
+    shared_subset = bool(shared.get("n")) and not comparison.mismatches
+    interval = bootstrap_ratio(oat_points, fixed, shared["n"]) if shared_subset and oat_points and fixed else None
+    summary["hypervolume_ratio_interval"] = list(interval) if interval else None
+    summary["interval_method"] = (f"percentile bootstrap over the {shared['n']} shared test examples, "
+                                  f"{RESAMPLES} resamples, {LEVEL:.0%}") if interval else None
     summary["hypervolume_ratio_all_dedicated"] = _ratio(summary["hypervolume_oat"],
                                                         summary["hypervolume_all_dedicated"])
     # Cost counted in forward and backward passes over examples (oat.passes): the machine and its
@@ -191,6 +198,20 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _pct_interval(value, n: int | None) -> str:
+    """A percentage with its Wilson 95% interval when the number of examples is known."""
+    if value is None or not n:
+        return _pct(value)
+    low, high = wilson_interval(value, n)
+    return f"{100 * value:.1f} ({100 * low:.1f}–{100 * high:.1f})"
+
+
+def _accuracy_cells(point: dict, attacks: list[str], n: int | None) -> str:
+    """SA, RA under each attack and worst-case RA, as table cells."""
+    values = [point["clean"], *(point["robust"].get(a) for a in attacks), point["robust_worst"]]
+    return " | ".join(_pct_interval(v, n) for v in values)
+
+
 def _evaluation_lines(summary: dict) -> list[str]:
     """What the evaluation was, or — when models were evaluated differently — a warning and each
     difference, so nobody reads a ratio of unlike measurements as a result."""
@@ -219,7 +240,8 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
         f"| hypervolume, OAT (one run) | {_num(summary['hypervolume_oat'])} |",
         f"| hypervolume, dedicated fixed-λ frontier ({summary['runs_frontier']} runs) | "
         f"{_num(summary['hypervolume_frontier'])} |",
-        f"| **hypervolume ratio OAT / frontier** | **{_num(summary['hypervolume_ratio'])}** |",
+        f"| **hypervolume ratio OAT / frontier** | **{_num(summary['hypervolume_ratio'])}**"
+        f"{_interval(summary['hypervolume_ratio_interval'])} |",
         f"| hypervolume, fixed-β TRADES ({summary['runs_trades']} runs) | {_num(summary['hypervolume_trades'])} |",
         f"| hypervolume ratio OAT / every dedicated model | {_num(summary['hypervolume_ratio_all_dedicated'])} |",
         f"| training passes, OAT | {_passes(summary['train_passes_oat'])} (1 run) |",
@@ -245,16 +267,15 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
               "example is one pass, its backward another).", ""]
     lines += ["## All points", "", "| model | λ | β | SA | " + " | ".join(f"RA {a}" for a in attacks)
               + " | RA worst | train passes | train s |", "|---" * (6 + len(attacks)) + "|---|"]
+    n = summary["n"]
     for point in (comparison.oat or {}).get("points", []):
-        lines.append(f"| OAT | {point['lambda']:g} | | {_pct(point['clean'])} | "
-                     + " | ".join(_pct(point["robust"].get(a)) for a in attacks)
-                     + f" | {_pct(point['robust_worst'])} | | |")
+        lines.append(f"| OAT | {point['lambda']:g} | | " + _accuracy_cells(point, attacks, n) + " | | |")
     for point in comparison.fixed_lambda + comparison.trades:
         beta = f"{point['value']:g}" if point["kind"] == "trades" else ""
-        lines.append(f"| {point['name']} | {point['lambda']:g} | {beta} | {_pct(point['clean'])} | "
-                     + " | ".join(_pct(point["robust"].get(a)) for a in attacks)
-                     + f" | {_pct(point['robust_worst'])} | {_passes(total(point.get('train_passes')))} "
-                     f"| {point['train_seconds']:.0f} |")
+        lines.append(f"| {point['name']} | {point['lambda']:g} | {beta} | " + _accuracy_cells(point, attacks, n)
+                     + f" | {_passes(total(point.get('train_passes')))} | {point['train_seconds']:.0f} |")
+    if n:
+        lines += ["", f"Accuracies in %, each with its Wilson 95% interval on the {n} test examples."]
     non_dom = set(non_dominated(sa_ra(comparison.fixed_lambda))) if comparison.fixed_lambda else set()
     if non_dom:
         names = [p["name"] for p in comparison.fixed_lambda if (p["clean"], p["robust_worst"]) in non_dom]
@@ -272,6 +293,10 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
 
 def _num(value) -> str:
     return "–" if value is None else f"{value:.4f}"
+
+
+def _interval(interval) -> str:
+    return "" if not interval else f" (95% bootstrap interval {interval[0]:.3f}–{interval[1]:.3f})"
 
 
 def _passes(value) -> str:

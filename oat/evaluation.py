@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -127,6 +128,16 @@ def consistency_flags(points: list[dict], n: int) -> list[dict]:
     return flags
 
 
+def pack_flags(flags: torch.Tensor) -> str:
+    """Per-example booleans as a hex string, eight examples a byte (10,000 examples: 2,500 characters)."""
+    return np.packbits(flags.detach().cpu().numpy().astype(bool)).tobytes().hex()
+
+
+def unpack_flags(text: str, n: int) -> np.ndarray:
+    """The ``n`` booleans :func:`pack_flags` packed."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8), count=n).astype(bool)
+
+
 def subset_indices(size: int, n: int | None, seed: int) -> torch.Tensor:
     """A fixed, seeded subset of ``n`` of ``size`` test examples (all of them when n is None)."""
     if n is None or n >= size:
@@ -156,7 +167,9 @@ def evaluate(
     (its test split is used). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
     ``eps``, ``norm``, ``subset`` (a fingerprint of the test examples used, so that comparisons can
     check every model saw the same ones; see :mod:`oat.protocol`), ``attacks``, ``seed``,
-    ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``), ``flags``
+    ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``, and
+    ``per_example``: which examples were correct clean and under every attack, as
+    :func:`pack_flags` strings in subset order), ``flags``
     and ``seconds``; accuracies are fractions in [0, 1].
     """
     specs = [parse_attack(a) for a in attacks]
@@ -200,7 +213,9 @@ def evaluate(
                 worst &= flags
                 progress.update(step + si + 1, f"λ={lam:g} {spec.name} {robust[spec.name]:.3f}")
             points.append({"lambda": lam, "clean": correct.float().mean().item(), "robust": robust,
-                           "robust_worst": worst.float().mean().item()})
+                           "robust_worst": worst.float().mean().item(),
+                           # which examples: lets a comparison bootstrap over the shared test subset
+                           "per_example": {"clean": pack_flags(correct), "robust_worst": pack_flags(worst)}})
     return {
         "dataset": dataset_name,
         "split": split,

@@ -102,8 +102,9 @@ def test_plot_refuses_different_attacks_unless_allowed_and_then_says_so(tmp_path
     report = (out.parent / "report.md").read_text()
     assert "## Protocol mismatches" in report and f"- {expected}" in report
     assert "on the same" not in report  # no claim of a common evaluation
-    assert "| OAT | 0 | | 99.0 | 10.0 | – | 10.0 | |" in report  # pgd-20 never run on OAT: a dash
-    assert "| lambda-1 | 1 |  | 93.0 | – | 55.0 | 55.0 | – | 15 |" in report
+    # pgd-20 never run on OAT, fgsm never on the frontier: a dash; the rest with Wilson intervals (n = 50)
+    assert "| OAT | 0 | | 99.0 (91.1–99.9) | 10.0 (4.3–21.4) | – | 10.0 (4.3–21.4) | | |" in report
+    assert "| lambda-1 | 1 |  | 93.0 (82.5–97.4) | – | 55.0 (41.3–67.9) | 55.0 (41.3–67.9) | – | 15 |" in report
     assert "PROTOCOL MISMATCH" in (out.parent / "plot.svg").read_text()
 
 

@@ -147,6 +147,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
         assert (tmp_path / name).exists()
     assert summary["runs_frontier"] == 6 and summary["runs_trades"] == 3 and summary["runs_oat"] == 1
     assert 0 < summary["hypervolume_ratio"] and 0 < summary["cost_ratio"]
+    low, high = summary["hypervolume_ratio_interval"]
+    assert low <= summary["hypervolume_ratio"] <= high and "95% bootstrap interval" in (tmp_path / "report.md").read_text()
     assert any("hypervolume ratio" in line for line in lines)
     # Every real model was measured with one protocol, and frontier.json carries each point's.
     assert summary["protocol_mismatches"] == []
