@@ -180,6 +180,7 @@ def evaluate(
         raise ValueError("no λ values to evaluate")
     if hasattr(dataset, "info") and hasattr(dataset, "test"):
         dataset_name = dataset_name or dataset.info.name
+        split = dataset.test_name  # "validation" for a split carved from the training set
         dataset = dataset.test
     if device is None:
         device = next(model.parameters()).device

@@ -255,20 +255,44 @@ def test_damaged_idx_files_are_named(tmp_path, content, match):
         read_idx(gz)
 
 
-def test_train_size_keeps_a_seeded_class_stratified_subset(tmp_path):
-    from oat.datasets.vision import subsample_train
+def test_train_size_keeps_a_seeded_class_stratified_subset():
+    from oat.datasets.subsets import apply_subsets
 
     labels = torch.arange(100) % 4  # 25 per class
     images = torch.from_numpy(_images(100, 1, 28, 28, seed=3))
     full = datasets.Splits(TensorImageDataset(images, labels), TensorImageDataset(images[:5], labels[:5]),
                            DatasetInfo("t", 4, (1, 28, 28), (0.5,), (0.5,), 0.1, "none"))
-    a, b, c = (subsample_train(full, 20, seed) for seed in (0, 0, 1))
+    a, b, c = (apply_subsets(full, train_size=20, subset_seed=seed) for seed in (0, 0, 1))
     assert torch.bincount(a.train.labels).tolist() == [5, 5, 5, 5]
     assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
-    assert a.test is full.test
+    assert a.test is full.test and a.test_name == "test"
     assert a.info.mean[0] == pytest.approx(a.train.images.double().mean().item() / 255)
     with pytest.raises(ValueError, match="train_size must be an integer in 1..100, got 101"):
-        subsample_train(full, 101, 0)
+        apply_subsets(full, train_size=101)
+
+
+def test_a_validation_split_is_carved_from_the_training_set_never_the_test_set():
+    splits = datasets.load("digits")
+    carved = datasets.load("digits", validation_size=300, train_size=600, subset_seed=2)
+    train_ids = {tuple(x.flatten().tolist()) for x in splits.train.images}
+    test_ids = {tuple(x.flatten().tolist()) for x in splits.test.images}
+    validation = [tuple(x.flatten().tolist()) for x in carved.test.images]
+    assert carved.test_name == "validation" and len(carved.test) == 300 and len(carved.train) == 600
+    assert all(v in train_ids for v in validation) and not any(v in test_ids for v in validation)
+    kept = {tuple(x.flatten().tolist()) for x in carved.train.images}
+    assert not kept & set(validation)  # disjoint from what trains
+    assert max(torch.bincount(carved.test.labels)) - min(torch.bincount(carved.test.labels)) <= 2  # stratified
+    # The validation split does not depend on the training budget.
+    same = datasets.load("digits", validation_size=300, train_size=200, subset_seed=2)
+    assert torch.equal(same.test.images, carved.test.images)
+    result = __import__("oat").evaluate(_tiny_plain_model(), carved, [0.0], ["fgsm"], eps=0.1)
+    assert result["split"] == "validation" and result["n"] == 300
+
+
+def _tiny_plain_model():
+    import models
+
+    return models.create("small_cnn", num_classes=10, conditioned=False, input_shape=(1, 8, 8), channels=[4, 8])
 
 
 def test_download_uses_torchvision_checksums(tmp_path, monkeypatch):
@@ -344,7 +368,7 @@ def test_registry_names_and_errors():
         datasets.load("fashion_mnist")
     with pytest.raises(ValueError, match=r"unknown options \['tset_size'\]; it accepts: test_size, seed"):
         datasets.load("digits", tset_size=100)
-    with pytest.raises(ValueError, match="accepts: train_size, seed"):
+    with pytest.raises(ValueError, match="accepts: train_size, validation_size, subset_seed"):
         datasets.load("cifar10", train_sise=1)
     with pytest.raises(ValueError, match=r"needs options \['path'\]"):
         datasets.load("npz")

@@ -67,6 +67,7 @@ class Splits:
     train: Dataset
     test: Dataset
     info: DatasetInfo
+    test_name: str = "test"  # "validation" when the evaluated split was carved from the training set
 
 
 def _as_labels(labels) -> torch.Tensor:
@@ -104,6 +105,10 @@ class TensorImageDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> "TensorImageDataset":
+        """The samples at ``indices``, as a dataset of the same kind."""
+        return type(self)(self.images[indices], self.labels[indices])
 
     def _to_float(self, x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float32).div_(255) if x.dtype == torch.uint8 else x.to(torch.float32)

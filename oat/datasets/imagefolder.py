@@ -36,6 +36,10 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def subset(self, indices: torch.Tensor) -> "ImageFolderDataset":
+        """The samples at ``indices`` of this split (still read lazily)."""
+        return ImageFolderDataset(self.folder, self.indices[torch.as_tensor(indices)])
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image, label = self.folder[int(self.indices[index])]
         return image, int(label)

@@ -1,8 +1,9 @@
 """The dataset registry: ``load(name, root="data", download=False, **options)`` and ``names()``.
 
 A loader is a function ``loader(root: Path, download: bool, **options) -> Splits`` added with
-``@register(name)``. Its keyword options are the dataset's options; :func:`load` rejects any other
-keyword with a ``ValueError`` naming the accepted ones, before the loader runs.
+``@register(name)``. Its keyword options are the dataset's options, beside the ones every dataset
+takes (a validation split, a training subset: :mod:`oat.datasets.subsets`); :func:`load` rejects
+any other keyword with a ``ValueError`` naming the accepted ones, before the loader runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import inspect
 from pathlib import Path
 from typing import Callable
 
+from . import subsets
 from .base import Splits
 
 _DATASETS: dict[str, Callable[..., Splits]] = {}
@@ -35,13 +37,16 @@ def names() -> list[str]:
 
 
 def options(name: str) -> dict[str, object]:
-    """The options dataset ``name`` accepts, with their defaults."""
+    """The options dataset ``name`` accepts, with their defaults: its loader's own, then those
+    every dataset takes (:mod:`oat.datasets.subsets`: ``train_size``, ``validation_size``,
+    ``subset_seed``)."""
     loader = _get(name)
-    return {
+    own = {
         p.name: p.default
         for p in list(inspect.signature(loader).parameters.values())[2:]
         if p.kind is inspect.Parameter.KEYWORD_ONLY
     }
+    return {**own, **subsets.OPTIONS}
 
 
 def _get(name: str) -> Callable[..., Splits]:
@@ -68,4 +73,5 @@ def load(name: str, root: str | Path = "data", download: bool = False, **opts) -
     missing = [k for k, v in accepted.items() if v is inspect.Parameter.empty and k not in opts]
     if missing:
         raise ValueError(f"dataset {name!r} needs options {missing}")
-    return loader(Path(root), download, **opts)
+    generic = {key: opts.pop(key) for key in subsets.OPTIONS if key in opts}
+    return subsets.apply_subsets(loader(Path(root), download, **opts), **generic)

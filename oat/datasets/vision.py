@@ -30,7 +30,6 @@ not near-binary strokes: 0.1 is the radius its robustness literature reports.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -222,34 +221,13 @@ def _load(source: _Source, root: Path, download: bool) -> Splits:
     return Splits(train=train, test=test, info=info)
 
 
-def subsample_train(splits: Splits, size: int, seed: int) -> Splits:
-    """``splits`` with a seeded, class-stratified subset of ``size`` training examples (the same
-    on every call); mean/std are recomputed on it. The test split is untouched."""
-    labels = splits.train.labels
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= len(labels):
-        raise ValueError(f"train_size must be an integer in 1..{len(labels)}, got {size!r}")
-    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(int(seed)))
-    # Each example's rank within its class (in the seeded order) as a fraction of the class: the
-    # `size` smallest fractions keep every class's share of the split, to within one example.
-    fraction = torch.empty(len(labels), dtype=torch.float64)
-    for c in labels.unique():
-        members = order[labels[order] == c]
-        fraction[members] = torch.arange(len(members), dtype=torch.float64) / len(members)
-    picks = order[torch.argsort(fraction[order], stable=True)[:size]].sort().values
-    train = TensorImageDataset(splits.train.images[picks], labels[picks])
-    mean, std = channel_stats(train.images)
-    return Splits(train, splits.test, dataclasses.replace(splits.info, mean=mean, std=std))
-
-
 def _register(name: str) -> None:
     source = _SOURCES[name]
 
-    def loader(root: Path, download: bool, *, train_size: int | None = None, seed: int = 0) -> Splits:
-        splits = _load(_SOURCES[name], root, download)  # looked up per call: tests swap a source
-        return splits if train_size is None else subsample_train(splits, train_size, seed)
+    def loader(root: Path, download: bool) -> Splits:
+        return _load(_SOURCES[name], root, download)  # looked up per call: tests swap a source
     loader.__name__ = f"load_{name.replace('-', '_')}"
-    loader.__doc__ = (f"{name}: uint8 NCHW {source.input_shape}, {source.num_classes} classes; ``train_size`` "
-                      "keeps a seeded, class-stratified subset of the training split (the test split stays whole).")
+    loader.__doc__ = f"{name}: uint8 NCHW {source.input_shape}, {source.num_classes} classes."
     register(name)(loader)
 
 
