@@ -12,15 +12,12 @@ per-example worst case over both.
 
 from __future__ import annotations
 
-import copy
-import time
 from pathlib import Path
 
-from oat.config import Config, from_dict, set_key
+from oat.config import Config
 
-from .plot import plot
-from .report import find_results, write_report
-from .sweep import Protocol, SweepConfig, Task, make_points, point_tasks, run_tasks, write_frontier
+from .comparison import ComparisonConfig, model_configs, run_comparison
+from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep
 
 # What every model of the demo shares: data, architecture, ε, training attack, optimiser, epochs
 # and the evaluation protocol. ε = 0.2 (the radius of SCIENCE.md's digits measurements): on 8×8
@@ -58,50 +55,19 @@ DEMO_SWEEP = {
     "trades": {"betas": [1.0, 3.0, 6.0], "beta_max": 6.0},
 }
 DEMO_LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0]  # the dedicated values and two others
+DEMO = ComparisonConfig(title="", base=DEMO_BASE, oat=DEMO_OAT, lambdas=DEMO_LAMBDAS,
+                        fixed_lambda=FixedLambdaSweep(**DEMO_SWEEP["fixed_lambda"]),
+                        trades=TradesSweep(**DEMO_SWEEP["trades"]))
 
 
 def demo_configs(overrides: dict | None = None) -> tuple[Config, Config, SweepConfig]:
     """(OAT config, base config of the dedicated baselines, sweep). ``overrides`` (``section.name``
     keys) apply to both configs, after the OAT model's own settings."""
-    base, oat = copy.deepcopy(DEMO_BASE), copy.deepcopy(DEMO_BASE)
-    for key, value in {**DEMO_OAT, **(overrides or {})}.items():
-        set_key(oat, key, copy.deepcopy(value))
-    for key, value in (overrides or {}).items():
-        set_key(base, key, copy.deepcopy(value))
-    return from_dict(oat), from_dict(base), from_dict(DEMO_SWEEP, SweepConfig)
+    return model_configs(DEMO, overrides)
 
 
 def run_demo(out: str | Path = "runs/demo", workers: int = 2, overrides: dict | None = None, log=print,
              retrain_stale: bool = False) -> dict:
     """Run the demo into ``out``; returns the summary (also in ``out/summary.json``). A model
     already in ``out`` that was trained under other settings is refused unless ``retrain_stale``."""
-    out = Path(out)
-    started = time.perf_counter()
-    oat, base, sweep = demo_configs(overrides)
-    protocol = Protocol.from_eval(base.eval)
-    points = make_points(sweep, base)
-    frontier_dir = out / "frontier"
-    # The OAT model first: it is the longest task, so the dedicated runs fill the other worker.
-    tasks = [Task("oat", str(out / "oat"), oat, protocol, tuple(DEMO_LAMBDAS))]
-    tasks += point_tasks(points, frontier_dir, protocol)
-    if log:
-        log(f"oat demo: 1 OAT model + {len(points)} dedicated baselines on digits (ε = {base.attack.eps}), "
-            f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
-    run_tasks(tasks, workers, log, retrain_stale)
-    write_frontier(frontier_dir, points, protocol)
-
-    comparison = find_results([out])
-    figures = plot(comparison, out / "frontier_plot", title=f"digits, ε = {base.attack.eps:g}: one OAT model vs dedicated models")
-    summary = write_report(comparison, out, extra={"demo_seconds": time.perf_counter() - started,
-                                                  "plots": [str(p) for p in figures]})
-    if log:
-        log(f"plot:    {figures[0]} (and .svg)")
-        log(f"report:  {out / 'report.md'}  summary: {out / 'summary.json'}")
-        log(f"hypervolume ratio OAT / dedicated frontier: {summary['hypervolume_ratio']:.3f} "
-            f"({summary['hypervolume_oat']:.4f} vs {summary['hypervolume_frontier']:.4f}); "
-            f"cost ratio OAT / frontier: {summary['cost_ratio']:.3f} in passes "
-            f"({summary['train_passes_oat'] / 1e6:.2f} M vs {summary['train_passes_frontier'] / 1e6:.2f} M), "
-            f"{summary['cost_ratio_seconds']:.3f} in seconds "
-            f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
-        log(f"demo took {summary['demo_seconds']:.0f} s")
-    return summary
+    return run_comparison(DEMO, out, workers, overrides, log, retrain_stale, name="demo")

@@ -192,9 +192,11 @@ class Task:
     config: Config
     protocol: Protocol
     lambdas: tuple[float, ...]
+    result: str = "eval.json"  # where in run_dir the evaluation goes (a second protocol: another file)
 
 
-RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", "eval.json")
+RESULT_FILES = ("eval.json", "eval_autoattack.json")
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", *RESULT_FILES)
 
 
 def stale_keys(run_dir: Path, config: Config) -> list[str]:
@@ -212,7 +214,7 @@ def stale_keys(run_dir: Path, config: Config) -> list[str]:
     return config_differences(saved, config)
 
 
-def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None) -> str:
+def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = "eval.json") -> str:
     """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
     ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
     checkpoint = run_dir / "checkpoint.pt"
@@ -223,7 +225,7 @@ def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None) 
     if int(load_checkpoint(checkpoint)["epoch"]) < config.train.epochs:
         return "resume"
     try:
-        stored = json.loads((run_dir / "eval.json").read_text())
+        stored = json.loads((run_dir / result).read_text())
     except (OSError, json.JSONDecodeError):
         return "evaluate"
     same_lambdas = lambdas is None or [p.get("lambda") for p in stored.get("points", [])] == list(lambdas)
@@ -245,7 +247,7 @@ def run_one(task: Task, retrain_stale: bool = False) -> str:
     from oat.trainer import train
 
     run_dir = Path(task.run_dir)
-    status = run_status(run_dir, task.config, task.protocol, task.lambdas)
+    status = run_status(run_dir, task.config, task.protocol, task.lambdas, task.result)
     if status == "stale":
         if not retrain_stale:
             raise ConfigError(_stale_message(task))
@@ -259,7 +261,7 @@ def run_one(task: Task, retrain_stale: bool = False) -> str:
                               seed=protocol.seed, batch_size=protocol.batch_size)
         result["checkpoint"] = str(run_dir / "checkpoint.pt")
         result["protocol"] = protocol.as_dict()
-        write_text_atomic(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(run_dir / task.result, json.dumps(result, indent=2) + "\n")
     return status
 
 

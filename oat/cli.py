@@ -176,6 +176,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def cmd_bench(args) -> int:
+    from frontier.comparison import bench_config, load_comparison, run_comparison
+
+    if args.workers < 1:
+        raise UserError(f"--workers must be at least 1, got {args.workers}")
+    path = bench_config(args.bench, args.preset)
+    comparison = load_comparison(path)
+    out = args.out or f"runs/bench-{path.stem.removeprefix('bench_')}"
+    run_comparison(comparison, out, workers=args.workers, log=None if args.quiet else print,
+                   retrain_stale=args.retrain_stale, name="bench")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="oat",
@@ -260,6 +273,21 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--retrain-stale", action="store_true",
                     help="retrain models in --out trained under other settings (otherwise they are refused)")
     de.set_defaults(run=cmd_demo)
+    be = commands.add_parser(
+        "bench", help="the comparison on real data, from a preset config (configs/bench_*.yaml)",
+        description="Train one OAT model, the dedicated fixed-λ frontier and fixed-β TRADES points on real data, "
+                    "evaluate all with one protocol (and the standard AutoAttack on a smaller fixed subset for the "
+                    "models the config names), and write the plot, report.md and summary.json. BENCH is a dataset "
+                    "with a preset (configs/bench_<dataset>_<preset>.yaml) or a comparison config file. Reruns "
+                    "reuse finished work.")
+    be.add_argument("bench", metavar="BENCH", help="fashion-mnist, or a comparison config file")
+    be.add_argument("--preset", default="cpu", help="cpu (a training subset, hours on 2 cores) or gpu (default cpu)")
+    be.add_argument("--out", help="output directory (default runs/bench-<dataset>_<preset>)")
+    be.add_argument("--workers", type=int, default=2, help="models trained in parallel processes (default 2)")
+    be.add_argument("--retrain-stale", action="store_true",
+                    help="retrain models in --out trained under other settings (otherwise they are refused)")
+    be.add_argument("--quiet", action="store_true", help="no progress output")
+    be.set_defaults(run=cmd_bench)
     return parser
 
 

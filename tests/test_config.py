@@ -8,8 +8,9 @@ import yaml
 from oat.config import Config, ConfigError, apply_override, dump_config, from_dict, load_config
 
 ALL = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
-SWEEPS = [p for p in ALL if "base" in (yaml.safe_load(p.read_text()) or {})]  # `oat frontier` configs
-CONFIGS = [p for p in ALL if p not in SWEEPS]  # `oat train` configs
+BENCHES = [p for p in ALL if p.name.startswith("bench_")]  # `oat bench` comparison configs
+SWEEPS = [p for p in ALL if p not in BENCHES and "base" in (yaml.safe_load(p.read_text()) or {})]  # `oat frontier`
+CONFIGS = [p for p in ALL if p not in SWEEPS + BENCHES]  # `oat train` configs
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -160,3 +161,15 @@ def test_thread_count_follows_the_config_then_the_environment_then_the_idle_core
         assert free_cores() == len(__import__("os").sched_getaffinity(0))
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
+def test_every_shipped_bench_config_builds_checked_models(path):
+    from frontier.comparison import load_comparison, model_configs
+    from frontier.sweep import Protocol, make_points
+    from oat.config import check_config
+
+    oat, base, sweep = model_configs(load_comparison(path))
+    for config in (oat, base, *(p.config for p in make_points(sweep, base))):
+        check_config(config)
+    assert oat.model.conditioned and Protocol.from_eval(base.eval).attacks[0] == "pgd-20"

@@ -376,6 +376,44 @@ DEMO_CASES = [
 ]
 
 
+# ---------------------------------------------------------------- oat bench
+# Comparison configs: a tiny valid base with one thing wrong each (nothing may train).
+_BENCH_OK = {"base": {"data": {"name": "digits"}, "train": {"epochs": 1}, "attack": {"steps": 1},
+                      "eval": {"attacks": ["fgsm"], "n": 16}},
+             "fixed_lambda": {"values": [0.0]}, "trades": {"betas": []}}
+BENCHES = {
+    "unknown_key": {**_BENCH_OK, "lambda": [0.5]},
+    "lambdas_out_of_range": {**_BENCH_OK, "lambdas": [0.0, 1.5]},
+    "lambdas_not_numbers": {**_BENCH_OK, "lambdas": ["a"]},
+    "aa_unknown_model": {**_BENCH_OK, "autoattack": {"n": 8, "models": ["lambda-7"]}},
+    "aa_zero_n": {**_BENCH_OK, "autoattack": {"n": 0, "models": []}},
+    "base_momentum": {**_BENCH_OK, "base": {**_BENCH_OK["base"], "optim": {"momentum": -1}}},
+    "base_typo": {**_BENCH_OK, "base": {**_BENCH_OK["base"], "trian": {"epochs": 1}}},
+    "oat_bad_key": {**_BENCH_OK, "oat": {"lambdas.sampler": "nope"}},
+    "base_bad_attack": {**_BENCH_OK, "base": {**_BENCH_OK["base"], "eval": {"attacks": ["pgd-x"]}}},
+}
+_BENCH_EXPECT = {"unknown_key": "'lambda'", "lambdas_out_of_range": "lambdas", "lambdas_not_numbers": "lambdas",
+                 "aa_unknown_model": "autoattack.models", "aa_zero_n": "autoattack.n", "base_momentum": "optim.momentum",
+                 "base_typo": "trian", "oat_bad_key": "lambdas.sampler", "base_bad_attack": "eval.attacks"}
+
+
+def bench_case(name: str) -> Case:
+    return Case(f"bench[{name}]", ("bench", f"{{bad}}/bench/{name}.yaml", "--out", "{tmp}/b", "--workers", "1",
+                                   "--quiet"), _expect(_BENCH_EXPECT[name]), absent=("{tmp}/b/oat",))
+
+
+BENCH_CASES = [
+    *(bench_case(name) for name in BENCHES),
+    Case("bench[unknown dataset]", ("bench", "cifar10"), _expect("cifar10")),
+    Case("bench[unknown preset]", ("bench", "fashion-mnist", "--preset", "tpu"), _expect("tpu")),
+    Case("bench[workers 0]", ("bench", "fashion-mnist", "--workers", "0"), _expect("--workers")),
+    Case("bench[malformed]", ("bench", "{bad}/malformed.yaml"), _expect("{bad}/malformed.yaml")),
+    Case("bench[binary]", ("bench", "{bad}/binary.yaml"), _expect("{bad}/binary.yaml")),
+    Case("bench[--out is a file]", ("bench", "{bad}/bench/ok.yaml", "--out", "{bad}/existing.txt", "--workers", "1"),
+         _expect("{bad}/existing.txt")),
+]
+
+
 # ---------------------------------------------------------------- argparse (top level and flags)
 def cli_case(id, *argv, expect) -> Case:
     return Case(f"argparse[{id}]", argv, _expect(expect))
@@ -401,7 +439,8 @@ ARGPARSE_CASES = [
     cli_case("demo --workers x", "demo", "--workers", "x", expect="--workers"),
 ]
 
-CASES = TRAIN_CASES + DATA_CASES + EVAL_CASES + FRONTIER_CASES + PLOT_CASES + DEMO_CASES + ARGPARSE_CASES
+CASES = (TRAIN_CASES + DATA_CASES + EVAL_CASES + FRONTIER_CASES + PLOT_CASES + DEMO_CASES + BENCH_CASES
+         + ARGPARSE_CASES)
 BY_ID = {case.id: case for case in CASES}
 assert len(BY_ID) == len(CASES), sorted({c.id for c in CASES if sum(d.id == c.id for d in CASES) > 1})
 
@@ -601,8 +640,10 @@ def bad(tmp_path_factory) -> Path:
     (directory / "int_key.yaml").write_text("1: 2\n")
     (directory / "existing.txt").write_text("a regular file\n")
     (directory / "a_dir").mkdir()
-    for sub in ("npz", "folders", "plots", "sweeps"):
+    for sub in ("npz", "folders", "plots", "sweeps", "bench"):
         (directory / sub).mkdir()
+    for name, data in {**BENCHES, "ok": _BENCH_OK}.items():
+        (directory / "bench" / f"{name}.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     _write_npz(directory / "npz")
     _write_folders(directory / "folders")
     _write_plots(directory / "plots")
@@ -768,4 +809,4 @@ def test_real_process_fails_cleanly(case_id, real_processes):
 def test_enough_cases_across_every_command():
     assert len(CASES) >= 150
     commands = {case.argv[0] for case in CASES}
-    assert {"train", "eval", "frontier", "plot", "demo"} <= commands
+    assert {"train", "eval", "frontier", "plot", "demo", "bench"} <= commands

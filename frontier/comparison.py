@@ -1,0 +1,174 @@
+"""A whole comparison from one config: one OAT model, the dedicated fixed-λ frontier and fixed-β
+TRADES, every model evaluated with one protocol, then the plot, ``report.md`` and ``summary.json``.
+
+``oat demo`` (the bundled digits) and ``oat bench`` (real data, ``configs/bench_*.yaml``) are two
+such configs. A comparison config holds the training config every model shares (``base``), the OAT
+model's own settings on top of it (``oat``: dotted keys), the λ values the OAT model is evaluated
+at, the sweep of dedicated baselines, and optionally a second, stronger protocol — the standard
+AutoAttack on a smaller fixed subset — for the OAT model and named dedicated models::
+
+    base: {data: {name: fashion-mnist}, attack: {eps: 0.1, steps: 7}, eval: {attacks: [pgd-20, apgd]}, …}
+    oat: {lambdas.sampler: reference}
+    lambdas: [0, 0.1, 0.2, 0.3, 0.4, 0.7, 1]
+    fixed_lambda: {values: [0, 0.1, 0.2, 0.3, 0.4, 1]}
+    trades: {betas: [1, 3, 6], beta_max: 6}
+    autoattack: {n: 1000, oat_lambdas: [0, 1], models: [lambda-0, lambda-1]}
+
+Every model is an ordinary run directory (``OUT/oat``, ``OUT/frontier/points/NAME``), so a rerun
+reuses finished work, and a model trained under other settings is refused (``retrain_stale``).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oat.config import Config, ConfigError, EvalConfig, check_eval, from_dict, read_yaml_mapping, set_key
+from oat.protocol import common_protocol
+
+from .plot import plot
+from .report import find_results, write_report
+from .sweep import (FixedLambdaSweep, Protocol, SweepConfig, Task, TradesSweep, make_points, point_tasks, run_tasks,
+                    write_frontier)
+
+AUTOATTACK_RESULT = "eval_autoattack.json"
+
+
+@dataclass
+class AutoAttackStage:
+    """The standard AutoAttack on ``n`` fixed test examples, for the OAT model at ``oat_lambdas``
+    (None: every evaluated λ) and for the dedicated ``models`` (point names)."""
+
+    n: int = 1000
+    seed: int = 0
+    oat_lambdas: list | None = None
+    models: list = field(default_factory=lambda: ["lambda-0", "lambda-1"])
+
+
+@dataclass
+class ComparisonConfig:
+    title: str = ""
+    base: dict = field(default_factory=dict)
+    oat: dict = field(default_factory=dict)
+    lambdas: list = field(default_factory=lambda: [0.0, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0])
+    fixed_lambda: FixedLambdaSweep = field(default_factory=FixedLambdaSweep)
+    trades: TradesSweep = field(default_factory=TradesSweep)
+    autoattack: AutoAttackStage | None = None
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/
+
+
+def load_comparison(path: str | Path) -> ComparisonConfig:
+    return from_dict(read_yaml_mapping(path, "comparison config"), ComparisonConfig)
+
+
+def bench_config(bench: str, preset: str) -> Path:
+    """A comparison config file: ``bench`` itself when it is a file, else the preset
+    ``configs/bench_<bench>_<preset>.yaml``; a one-line ``ConfigError`` listing the presets otherwise."""
+    if Path(bench).is_file():
+        return Path(bench)
+    path = CONFIGS / f"bench_{bench}_{preset}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem.removeprefix("bench_") for p in CONFIGS.glob("bench_*.yaml"))
+        raise ConfigError(f"no bench {bench!r} with preset {preset!r} (no file {path}); known: "
+                          f"{', '.join(known) or 'none'}, or give a comparison config file")
+    return path
+
+
+def model_configs(comparison: ComparisonConfig, overrides: dict | None = None) -> tuple[Config, Config, SweepConfig]:
+    """(OAT config, base config of the dedicated baselines, sweep). ``overrides`` (``section.name``
+    keys) apply to both configs, after the OAT model's own settings."""
+    base, oat = copy.deepcopy(comparison.base), copy.deepcopy(comparison.base)
+    for key, value in {**comparison.oat, **(overrides or {})}.items():
+        set_key(oat, key, copy.deepcopy(value))
+    for key, value in (overrides or {}).items():
+        set_key(base, key, copy.deepcopy(value))
+    sweep = SweepConfig(fixed_lambda=comparison.fixed_lambda, trades=comparison.trades)
+    return from_dict(oat), from_dict(base), sweep
+
+
+def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int = 1, overrides: dict | None = None,
+                   log=print, retrain_stale: bool = False, name: str = "comparison") -> dict:
+    """Train and evaluate every model of ``comparison`` into ``out``, then write the plot,
+    ``report.md`` and ``summary.json``; returns the summary."""
+    out = Path(out)
+    started = time.perf_counter()
+    oat, base, sweep = model_configs(comparison, overrides)
+    protocol = Protocol.from_eval(base.eval)
+    points = make_points(sweep, base)
+    lambdas = _lambdas(comparison.lambdas, "lambdas")
+    # The OAT model first: it is the longest task, so the dedicated runs fill the other workers.
+    tasks = [Task("oat", str(out / "oat"), oat, protocol, lambdas)] + point_tasks(points, out / "frontier", protocol)
+    if log:
+        radius = "the dataset's ε" if base.attack.eps is None else f"ε = {base.attack.eps:g}"
+        log(f"oat {name}: 1 OAT model + {len(points)} dedicated baselines on {base.data.name} ({radius}), "
+            f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
+    # Built (and so checked) before anything trains.
+    second = autoattack_tasks(comparison.autoattack, tasks, lambdas) if comparison.autoattack else []
+    run_tasks(tasks, workers, log, retrain_stale)
+    write_frontier(out / "frontier", points, protocol)
+    if second:
+        run_tasks(second, workers, log, retrain_stale)
+
+    found = find_results([out])
+    eps = common_protocol(found.protocols).get("eps")  # the radius every model was evaluated at
+    title = comparison.title or f"{base.data.name}, ε = {eps:g}: one OAT model vs dedicated models"
+    figures = plot(found, out / "frontier_plot", title=title)
+    extra = {f"{name}_seconds": time.perf_counter() - started, "plots": [str(p) for p in figures]}
+    summary = write_report(found, out, extra=extra, autoattack=autoattack_results(tasks))
+    if log:
+        _log_summary(log, out, figures, summary, extra[f"{name}_seconds"], name)
+    return summary
+
+
+def _lambdas(values: list, key: str) -> tuple[float, ...]:
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1 for v in values):
+        raise ConfigError(f"config key '{key}' must be a non-empty list of λ values in [0, 1], got {values!r}")
+    return tuple(float(v) for v in values)
+
+
+def autoattack_tasks(stage: AutoAttackStage, tasks: list[Task], oat_lambdas: tuple[float, ...]) -> list[Task]:
+    """The second evaluation: the standard AutoAttack on ``stage.n`` fixed examples."""
+    evaluation = EvalConfig(attacks=["autoattack"], n=stage.n, seed=stage.seed)
+    check_eval(evaluation, "autoattack")
+    protocol = Protocol.from_eval(evaluation)
+    by_name = {t.name: t for t in tasks}
+    unknown = [m for m in stage.models if m not in by_name]
+    if unknown:
+        raise ConfigError(f"config key 'autoattack.models' names {unknown}, which the comparison does not train; "
+                          f"it trains {sorted(by_name)}")
+    lambdas = oat_lambdas if stage.oat_lambdas is None else _lambdas(stage.oat_lambdas, "autoattack.oat_lambdas")
+    chosen = [by_name["oat"]] + [by_name[m] for m in stage.models if m != "oat"]
+    return [Task(t.name, t.run_dir, t.config, protocol, lambdas if t.name == "oat" else t.lambdas,
+                 AUTOATTACK_RESULT) for t in chosen]
+
+
+def autoattack_results(tasks: list[Task]) -> list[dict]:
+    """Every model's standard-AutoAttack evaluation that exists (name, and each λ's SA and RA)."""
+    rows = []
+    for task in tasks:
+        path = Path(task.run_dir) / AUTOATTACK_RESULT
+        if path.exists():
+            result = json.loads(path.read_text())
+            for point in result["points"]:
+                rows.append({"model": task.name, "lambda": point["lambda"], "clean": point["clean"],
+                             "robust": point["robust_worst"], "n": result["n"], "eps": result["eps"]})
+    return rows
+
+
+def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: str) -> None:
+    log(f"plot:    {figures[0]} (and .svg)")
+    log(f"report:  {out / 'report.md'}  summary: {out / 'summary.json'}")
+    interval = summary.get("hypervolume_ratio_interval")
+    log(f"hypervolume ratio OAT / dedicated frontier: {summary['hypervolume_ratio']:.3f} "
+        + (f"(95% interval {interval[0]:.3f}–{interval[1]:.3f}; " if interval else "(")
+        + f"{summary['hypervolume_oat']:.4f} vs {summary['hypervolume_frontier']:.4f}); "
+        f"cost ratio OAT / frontier: {summary['cost_ratio']:.3f} in passes "
+        f"({summary['train_passes_oat'] / 1e6:.2f} M vs {summary['train_passes_frontier'] / 1e6:.2f} M), "
+        f"{summary['cost_ratio_seconds']:.3f} in seconds "
+        f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
+    log(f"{name} took {seconds:.0f} s")
