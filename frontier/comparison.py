@@ -31,10 +31,8 @@ from oat.protocol import common_protocol
 
 from .plot import plot
 from .report import find_results, write_report
-from .sweep import (FixedLambdaSweep, Protocol, SweepConfig, Task, TradesSweep, make_points, point_tasks, run_tasks,
-                    write_frontier)
-
-AUTOATTACK_RESULT = "eval_autoattack.json"
+from .sweep import (AUTOATTACK_RESULT, FixedLambdaSweep, Protocol, SweepConfig, Task, TradesSweep, make_points,
+                    point_tasks, run_tasks, write_frontier)
 
 
 @dataclass

@@ -195,7 +195,8 @@ class Task:
     result: str = "eval.json"  # where in run_dir the evaluation goes (a second protocol: another file)
 
 
-RESULT_FILES = ("eval.json", "eval_autoattack.json")
+AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (frontier.comparison)
+RESULT_FILES = ("eval.json", AUTOATTACK_RESULT)
 RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", *RESULT_FILES)
 
 
