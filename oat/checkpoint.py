@@ -87,7 +87,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def remove_orphans(directory: str | Path) -> list[Path]:
-    """Remove the temporaries (``.NAME.XXXXXXXX.tmp``) that atomic writes killed midway left in
+    """Remove the temporaries (``.NAME.<8 random characters>.tmp``) that atomic writes killed midway left in
     ``directory``; returns them. Only for a directory no one is writing to at the moment: a live
     writer's temporary looks the same."""
     removed = []
