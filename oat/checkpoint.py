@@ -87,9 +87,9 @@ def write_text_atomic(path: str | Path, text: str) -> None:
 
 
 def remove_orphans(directory: str | Path) -> list[Path]:
-    """Remove the temporaries (``.NAME.<8 random characters>.tmp``) that atomic writes killed midway left in
-    ``directory``; returns them. Only for a directory no one is writing to at the moment: a live
-    writer's temporary looks the same."""
+    """Remove the temporaries (``.NAME.<8 random characters>.tmp``) that atomic writes killed
+    midway left in ``directory``; returns them. Only for a directory no one is writing to at the
+    moment: a live writer's temporary looks the same."""
     removed = []
     with os.scandir(directory) as entries:
         orphans = sorted(entry.path for entry in entries
