@@ -158,6 +158,8 @@ def _check_forward(model: nn.Module, info: datasets.DatasetInfo, options: dict) 
         with torch.no_grad(), eval_mode(model):
             model(torch.zeros(2, *info.input_shape), 0.0)
     except RuntimeError as error:
+        if not options:  # the architecture as oat ships it failed: a bug, which keeps its traceback
+            raise
         raise ConfigError(f"model: {type(model).__name__} with model.options {options} cannot process "
                           f"{info.name}'s {tuple(info.input_shape)} inputs ({first_line(error)})") from None
 

@@ -245,3 +245,17 @@ def test_training_passes_are_counted_as_the_arithmetic_says(tmp_path, lam, attac
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [line["passes"] for line in lines] == [{k: v * e for k, v in per_epoch.items()} for e in (1, 2)]
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["passes"] == lines[-1]["passes"]
+
+
+def test_a_failing_forward_is_a_config_error_only_when_the_user_changed_the_model(monkeypatch):
+    """Model options that build a network unable to process the data are the user's; the shipped
+    architecture failing is oat's bug and keeps its traceback."""
+    with pytest.raises(oat.config.ConfigError, match=r"model: .* with model.options \{'channels': \[0, 8\]\}"):
+        trainer.build(tiny(**{"model.options": "{channels: [0, 8]}"}))
+
+    def broken(self, x, lam):
+        raise RuntimeError("a bug inside oat")
+
+    monkeypatch.setattr(type(trainer.build(tiny()).model), "forward", broken)
+    with pytest.raises(RuntimeError, match="a bug inside oat"):
+        trainer.build(tiny())
