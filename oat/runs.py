@@ -155,7 +155,7 @@ def run_data(state: dict, data_root: str | None = None) -> datasets.Splits:
 
 def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None:
     """ε wider than the input box means nothing (every input reaches every other)."""
-    if info.bounds is not None and eps > info.bounds[1] - info.bounds[0]:
+    if info.widest_eps is not None and eps > info.widest_eps:
         low, high = info.bounds
         raise ValueError(f"{flag} {eps:g} is wider than {info.name}'s input range [{low:g}, {high:g}]")
 

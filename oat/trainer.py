@@ -133,7 +133,7 @@ def training_eps(config: Config, info: datasets.DatasetInfo) -> float:
                           "disagree; set the radius in one of them")
     key = "attack.eps" if config.attack.eps is not None else ("data.options.eps" if option is not None else None)
     eps = info.eps if config.attack.eps is None else config.attack.eps
-    if info.bounds is not None and eps > info.bounds[1] - info.bounds[0]:
+    if info.widest_eps is not None and eps > info.widest_eps:
         low, high = info.bounds
         raise ConfigError(f"config key '{key or 'attack.eps'}' must be at most {high - low:g}, the width of "
                           f"{info.name}'s input range [{low:g}, {high:g}], got {eps:g}")

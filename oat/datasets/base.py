@@ -41,6 +41,12 @@ class DatasetInfo:
     augment: str
     bounds: tuple[float, float] | None = (0.0, 1.0)
 
+    @property
+    def widest_eps(self) -> float | None:
+        """The largest L∞ radius that means something here (the input box's width; beyond it every
+        input reaches every other), or None for unbounded inputs."""
+        return None if self.bounds is None else self.bounds[1] - self.bounds[0]
+
     def __post_init__(self):
         if not 1 <= self.num_classes <= MAX_CLASSES:
             raise ValueError(f"{self.name}: num_classes must lie in 1..{MAX_CLASSES}, got {self.num_classes}")
