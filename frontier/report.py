@@ -220,9 +220,13 @@ def _evaluation_lines(summary: dict) -> list[str]:
     if not mismatches:
         eps = "unknown" if summary["eps"] is None else f"{summary['eps']:.4g}"
         n = "" if summary["n"] is None else f"{summary['n']} "
+        cascade = (" The attacks ran as a cascade: each only on the examples every earlier one failed on "
+                   "(AutoAttack's own procedure), which measures the same worst case for less; so each attack's "
+                   "column counts the examples that survive it and every attack run before it."
+                   if summary["protocol"].get("cascade") else "")
         return [f"Evaluation: {attacks} at ε = {eps} (L∞) on the same {n}test examples for every model; RA is "
                 "the per-example worst case over those attacks (an example counts as robust only if it survives "
-                "every one).", ""]
+                f"every one).{cascade}", ""]
     return [f"**PROTOCOL MISMATCH: the models were not evaluated the same way** (compared anyway with "
             f"--allow-mismatch), so these figures do not compare like with like. Attacks run: {attacks}; RA is "
             "each model's per-example worst case over its own attacks.", "",

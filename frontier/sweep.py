@@ -69,15 +69,18 @@ class Protocol:
     n: int | None
     seed: int
     batch_size: int = 500
+    cascade: bool = False
 
     def as_dict(self) -> dict:
-        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed}
+        # "cascade" only when set: results evaluated before it existed stay current.
+        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
+                **({"cascade": True} if self.cascade else {})}
 
     @classmethod
     def from_eval(cls, config: EvalConfig) -> "Protocol":
         """The protocol an eval section asks for, checked before anything trains."""
         check_eval(config)
-        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size)
+        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade)
 
 
 @dataclass
@@ -259,7 +262,7 @@ def run_one(task: Task, retrain_stale: bool = False) -> str:
         model, state = load_run(run_dir)
         protocol = task.protocol
         result = evaluate_run(model, state, list(task.lambdas), protocol.attacks, eps=protocol.eps, n=protocol.n,
-                              seed=protocol.seed, batch_size=protocol.batch_size)
+                              seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade)
         result["checkpoint"] = str(run_dir / "checkpoint.pt")
         result["protocol"] = protocol.as_dict()
         write_text_atomic(run_dir / task.result, json.dumps(result, indent=2) + "\n")

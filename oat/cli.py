@@ -115,8 +115,9 @@ def cmd_eval(args) -> int:
         check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the training ε of {checkpoint}:")
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
+    cascade = args.cascade or bool(state["config"]["eval"].get("cascade", False))
     result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=args.seed, batch_size=args.batch_size,
-                          show_progress=not args.quiet, splits=splits)
+                          show_progress=not args.quiet, splits=splits, cascade=cascade)
     result["checkpoint"] = str(checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / "eval.json"
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
@@ -227,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples")
     ev.add_argument("--seed", type=int, default=0, help="seed of the subset and the attacks' random starts")
     ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--cascade", action="store_true",
+                    help="run each attack only on the examples every earlier attack failed on: the same worst case, "
+                         "cheaper; later attacks' own figures become cumulative (default: the run's eval.cascade)")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     ev.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")
     ev.add_argument("--data-root", help="where the dataset lives (default: the training config's)")

@@ -84,17 +84,20 @@ class Conditioning(NamedTuple):
     eval_affine: dict | None = None
 
     @classmethod
-    def build(cls, lam: torch.Tensor, code: torch.Tensor, frozen: bool = False) -> "Conditioning":
+    def build(cls, lam: torch.Tensor, code: torch.Tensor, frozen: bool = False,
+              host: torch.Tensor | None = None) -> "Conditioning":
         """``frozen=True``: an attack's conditioning. Each norm layer's eval-mode scale and shift
         are computed once, without parameter gradients, and kept in ``eval_affine`` for the
-        attack's later forward passes (valid while the parameters do not change)."""
-        clean = lam == 0
-        n_clean = int(clean.sum())  # one device sync per forward, not one per layer
+        attack's later forward passes (valid while the parameters do not change). ``host``: the
+        same λ on the CPU, to route from without waiting for the device."""
+        clean = (host if host is not None else lam) == 0
+        n_clean = int(clean.sum())  # free on the host; else one device sync per forward, not one per layer
         order = inverse = None
         if 0 < n_clean < lam.shape[0]:
             order = torch.cat([clean.nonzero().squeeze(1), (~clean).nonzero().squeeze(1)])
             inverse = torch.empty_like(order)
             inverse[order] = torch.arange(order.numel(), device=order.device)
+            order, inverse = order.to(lam.device, non_blocking=True), inverse.to(lam.device, non_blocking=True)
         return cls(lam, code, n_clean, order, inverse, {} if frozen else None)
 
 

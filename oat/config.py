@@ -94,6 +94,7 @@ class TrainConfig:
     channels_last: bool = False
     sync_bn: bool = False
     grad_clip: float | None = None
+    fosc_every: int = 4  # probe the training attack's FOSC on every Nth batch (≤ 1% of training's passes)
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS, else the cores not already busy
     workers: int = 0
     awp: AWPConfig = field(default_factory=AWPConfig)
@@ -107,6 +108,7 @@ class EvalConfig:
     n: int | None = None  # a fixed, seeded subset of the test set; None: all of it
     batch_size: int = 500
     seed: int = 0
+    cascade: bool = False  # each attack only on the examples every earlier attack failed on
 
 
 @dataclass
@@ -196,6 +198,7 @@ _RANGES = {
     "train.batch_size": (lambda v: v >= 2, "at least 2"),
     "train.threads": (lambda v: v is None or v >= 1, "null or at least 1"),
     "train.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "null or a positive number"),
+    "train.fosc_every": (lambda v: v >= 1, "at least 1"),
     "train.workers": (lambda v: v >= 0, "an integer ≥ 0"),
     "train.awp.gamma": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0 (0 disables AWP)"),
     "train.awp.warmup_epochs": (lambda v: v >= 0, "an integer ≥ 0"),

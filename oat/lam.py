@@ -39,12 +39,13 @@ def as_lambda(lam, batch_size: int, device: torch.device | str | None = None) ->
             f"lam must be a float or a tensor of shape [{batch_size}] (one per example), "
             f"got shape {list(lam.shape)}"
         )
-    lam = lam.to(device=device, dtype=torch.float32)
-    # One device sync for the common, valid case; the detailed message only when it fails.
+    lam = lam.to(dtype=torch.float32)
+    # Checked where λ is: free on the CPU (a training step keeps λ there), one device sync for
+    # λ already on an accelerator; the detailed message only when it fails.
     if lam.numel() and bool(((lam < 0) | (lam > 1) | torch.isnan(lam)).any()):
         if torch.isnan(lam).any():
             raise ValueError("lam contains NaN")
         raise ValueError(
             f"lam must lie in [0, 1], got values from {lam.min().item():g} to {lam.max().item():g}"
         )
-    return lam
+    return lam.to(device=device) if device is not None else lam

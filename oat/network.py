@@ -46,8 +46,12 @@ class LambdaNetwork(nn.Module, ABC):
 
     def condition(self, lam: torch.Tensor, frozen: bool = False) -> Conditioning:
         """What the layers need to know about λ ``[B]``; ``frozen=True`` for an attack's repeated
-        forward passes (see :class:`~oat.conditioning.Conditioning`)."""
-        return Conditioning.build(lam, self.encoder(lam), frozen)
+        forward passes (see :class:`~oat.conditioning.Conditioning`). λ may live on the CPU while
+        the network is on an accelerator: the dual BN's routing is then computed on the CPU and
+        nothing waits for the device."""
+        host = lam if lam.device.type == "cpu" else None
+        lam = lam.to(self.mean.device, non_blocking=True)
+        return Conditioning.build(lam, self.encoder(lam), frozen, host)
 
     def forward(self, x: torch.Tensor, lam=None) -> torch.Tensor:
         """Logits of images ``x`` in [0, 1] at trade-off ``lam`` (float or tensor of shape [B], or
@@ -60,9 +64,9 @@ class LambdaNetwork(nn.Module, ABC):
                 raise ValueError(f"the conditioning is for {lam.lam.shape[0]} examples, the batch has {x.shape[0]}")
             cond = lam
         elif self.conditioned:
-            cond = self.condition(as_lambda(lam, x.shape[0], x.device))
+            cond = self.condition(as_lambda(lam, x.shape[0]))
         elif lam is not None:
-            as_lambda(lam, x.shape[0], x.device)  # validate even though a plain net ignores it
+            as_lambda(lam, x.shape[0])  # validate even though a plain net ignores it
         x = (x - self.mean) / self.std
         return self.forward_head(self.forward_features(x, cond))
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import difflib
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from numbers import Real
 from typing import Callable
 
@@ -53,6 +53,10 @@ class AdversarialBatch:
     x: clean inputs ``[B, ...]`` in [0, 1]; y: labels ``[B]``; lam: λ per example ``[B]`` (a float
     is broadcast); index: positions (long ``[A]``) of the attacked examples; x_adv: their
     adversarial inputs ``[A, ...]`` (detached), or ``None`` when no example was attacked.
+
+    ``lam`` and ``index`` end up on the inputs' device. Given on the CPU (as the trainer gives
+    them), their CPU copies are kept too (``host_lam``, ``host_index``): the loss then routes the
+    dual BN from them and no forward waits for the device.
     """
 
     x: torch.Tensor
@@ -60,13 +64,19 @@ class AdversarialBatch:
     lam: torch.Tensor
     x_adv: torch.Tensor | None
     index: torch.Tensor
+    host_lam: torch.Tensor | None = field(default=None, init=False, repr=False)
+    host_index: torch.Tensor | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self):
         batch_size = self.x.shape[0]
-        self.lam = as_lambda(self.lam, batch_size, self.x.device)
+        lam = as_lambda(self.lam, batch_size)
+        index = torch.as_tensor(self.index, dtype=torch.long).reshape(-1)
+        if lam.device.type == "cpu" and index.device.type == "cpu":
+            self.host_lam, self.host_index = lam, index
+        self.lam = lam.to(self.x.device, non_blocking=True)
         if not isinstance(self.y, torch.Tensor) or self.y.shape != (batch_size,):
             raise ValueError(f"y must be a tensor of shape [{batch_size}], got {list(getattr(self.y, 'shape', []))}")
-        self.index = torch.as_tensor(self.index, dtype=torch.long, device=self.x.device).reshape(-1)
+        self.index = index.to(self.x.device, non_blocking=True)
         attacked = self.index.numel()
         if self.x_adv is None:
             if attacked:
@@ -81,6 +91,14 @@ class AdversarialBatch:
     def lam_adv(self) -> torch.Tensor:
         """λ of the attacked examples, ``[A]``."""
         return self.lam[self.index]
+
+    def routing_lam(self) -> torch.Tensor:
+        """λ ``[B]`` to hand the network: the CPU copy when there is one."""
+        return self.host_lam if self.host_lam is not None else self.lam
+
+    def routing_lam_adv(self) -> torch.Tensor:
+        """λ of the attacked examples ``[A]`` to hand the network."""
+        return self.host_lam[self.host_index] if self.host_lam is not None else self.lam_adv
 
     @property
     def y_adv(self) -> torch.Tensor:
@@ -137,28 +155,30 @@ class Objective(ABC):
     def generate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam) -> AdversarialBatch:
         """Attack the examples with λ > 0 (no attack at all if there are none)."""
         batch_size = x.shape[0]
-        lam = as_lambda(lam, batch_size, x.device)
+        lam = as_lambda(lam, batch_size)  # where it is: on the CPU, choosing the examples needs no sync
         index = self.attacked(lam).nonzero().squeeze(1)
         if index.numel() == 0:
             x_adv = None
         elif index.numel() == batch_size:
             x_adv = self.attack(model, x, y, lam).detach()
         else:
-            x_adv = self.attack(model, x[index], y[index], lam[index]).detach()
+            on_device = index.to(x.device, non_blocking=True)
+            x_adv = self.attack(model, x[on_device], y[on_device], lam[index]).detach()
         return AdversarialBatch(x, y, lam, x_adv, index)
 
     def loss(self, model: nn.Module, batch: AdversarialBatch) -> ObjectiveOutput:
         """The per-example loss on a generated batch, in the model's current mode."""
-        needed = self.attacked(batch.lam)
+        host = batch.host_lam is not None
+        needed = self.attacked(batch.host_lam if host else batch.lam)
         covered = torch.zeros_like(needed)
-        covered[batch.index] = True
+        covered[batch.host_index if host else batch.index] = True
         if bool((needed & ~covered).any()):
             raise ValueError(
                 f"{self.name}: examples with λ > 0 have no adversarial input in the batch "
                 "(build it with objective.generate)"
             )
-        logits_clean = model(batch.x, batch.lam)
-        logits_adv = model(batch.x_adv, batch.lam_adv) if batch.x_adv is not None else None
+        logits_clean = model(batch.x, batch.routing_lam())
+        logits_adv = model(batch.x_adv, batch.routing_lam_adv()) if batch.x_adv is not None else None
         loss = self.combine(batch, logits_clean, logits_adv)
         with torch.no_grad():
             clean_correct = (logits_clean.argmax(dim=1) == batch.y).sum()

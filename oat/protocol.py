@@ -14,7 +14,7 @@ import math
 
 import torch
 
-COMPARED = ("dataset", "split", "eps", "norm", "n", "subset", "attacks", "seed")
+COMPARED = ("dataset", "split", "eps", "norm", "n", "subset", "attacks", "seed", "cascade")
 EPS_TOLERANCE = 1e-9  # relative: ε read back from JSON or given as 8/255 vs 0.0313725490196 is still one ε
 
 
@@ -39,10 +39,13 @@ def protocol_of(result: dict) -> dict:
     """The measured protocol of an evaluation result (eval.json's dict, or a protocol dict).
 
     Only the :data:`COMPARED` fields; a field that is absent or None is left out (unknown).
-    Attacks are a sorted list: the order they were run in does not change what was measured."""
+    Attacks are a sorted list: the order they were run in does not change what was measured. A
+    result from before the cascade existed ran every attack on every example: ``cascade`` False."""
     protocol = {}
     for name in COMPARED:
         value = result.get(name)
+        if name == "cascade":
+            value = bool(value)
         if value is None:
             continue
         if name == "eps":

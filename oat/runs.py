@@ -162,14 +162,14 @@ def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None
 
 def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
                  seed: int = 0, batch_size: int = 500, data_root: str | None = None,
-                 show_progress: bool = False, splits: datasets.Splits | None = None) -> dict:
+                 show_progress: bool = False, splits: datasets.Splits | None = None, cascade: bool = False) -> dict:
     """Evaluate a loaded run on its own dataset's test split (ε defaults to the training ε);
     the result is :func:`oat.evaluate`'s dict plus the run's training seconds and epochs."""
     splits = splits or run_data(state, data_root)
     eps = state["eps"] if eps is None else eps
     check_eps(eps, splits.info)
     result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=seed,
-                      batch_size=batch_size, show_progress=show_progress)
+                      batch_size=batch_size, show_progress=show_progress, cascade=cascade)
     result["train_seconds"] = float(state["train_seconds"])
     result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
     result["epochs"] = int(state["epoch"])

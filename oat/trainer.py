@@ -17,7 +17,7 @@ import json
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -44,7 +44,8 @@ from .schedules import lr_factor
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
-FOSC_EXAMPLES = 32  # FOSC is measured on this many attacked examples per batch (one extra gradient)
+FOSC_EXAMPLES = 32  # FOSC is measured on this many attacked examples of a probed batch (one extra gradient)
+LOSS_CHECK_EVERY = 50  # steps between checks of the loss for NaN/∞ (each check waits for the device)
 
 
 class TrainingDiverged(RuntimeError):
@@ -204,14 +205,14 @@ def augment(x: torch.Tensor, kind: str, generator: torch.Generator) -> torch.Ten
     batch, _, height, width = x.shape
     pad = max(1, height // 8)
     padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(x.device)
+    dy = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(x.device, non_blocking=True)
+    dx = torch.randint(0, 2 * pad + 1, (batch,), generator=generator).to(x.device, non_blocking=True)
     rows = (dy[:, None] + torch.arange(height, device=x.device))[:, None, :, None]
     cols = (dx[:, None] + torch.arange(width, device=x.device))[:, None, None, :]
     index = torch.arange(batch, device=x.device)[:, None, None, None]
     channels = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
     cropped = padded[index, channels, rows, cols]
-    flip = (torch.rand(batch, generator=generator) < 0.5).to(x.device)
+    flip = (torch.rand(batch, generator=generator) < 0.5).to(x.device, non_blocking=True)
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 
 
@@ -243,13 +244,6 @@ def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     if opt.name == "adam":
         return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
     raise ConfigError(f"config key 'optim.name' must be sgd or adam, got {opt.name!r}")
-
-
-def _rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
@@ -323,177 +317,257 @@ def train(config: Config | None, out_dir: str | Path, resume: bool = False, show
         teardown(env)
 
 
+@dataclass
+class TrainingRun:
+    """What one training process holds from setup to its last epoch."""
+
+    config: Config
+    exp: Experiment
+    model: nn.Module  # the network itself (checkpoints, attacks, FOSC)
+    step_module: nn.Module  # its loss step, wrapped for DistributedDataParallel when distributed
+    objective: object
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    awp: AWP
+    counter: PassCounter
+    images: torch.Tensor
+    labels: torch.Tensor
+    steps_per_epoch: int
+    device: torch.device
+    env: DistEnv
+    out_dir: Path
+    start_epoch: int = 0
+    train_seconds: float = 0.0
+    passes_before: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # the run's, when resumed
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+
+class EpochMetrics:
+    """An epoch's running sums. The tensor sums stay on the device, so a step never waits for it;
+    :meth:`read` gathers them (over every process) once, at the epoch's end."""
+
+    def __init__(self, device: torch.device):
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.sums = torch.zeros(4, dtype=dtype, device=device)  # loss·n, clean correct, adv correct, FOSC
+        self.bad_batch = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite loss
+        self.bad_loss = torch.zeros((), dtype=torch.float32, device=device)
+        self.examples = self.attacked = self.fosc_examples = 0
+
+    def add_step(self, batch_index: int, loss: torch.Tensor, out, examples: int) -> None:
+        loss = loss.detach()
+        first = (self.bad_batch < 0) & ~torch.isfinite(loss)
+        self.bad_batch = torch.where(first, batch_index, self.bad_batch)
+        self.bad_loss = torch.where(first, loss.float(), self.bad_loss)
+        self.sums[:3] += torch.stack([loss.to(self.sums.dtype) * examples, out.clean_correct.to(self.sums.dtype),
+                                      out.adv_correct.to(self.sums.dtype)])
+        self.examples += examples
+        self.attacked += out.n_adv
+
+    def add_fosc(self, values: torch.Tensor) -> None:
+        self.sums[3] += values.detach().sum().to(self.sums.dtype)
+        self.fosc_examples += values.numel()
+
+    def first_non_finite(self) -> tuple[int, float] | None:
+        """(batch index, loss) of this process's first non-finite loss so far, or None (one sync)."""
+        batch = int(self.bad_batch)
+        return None if batch < 0 else (batch, float(self.bad_loss))
+
+    def read(self, env: DistEnv) -> dict:
+        counts = torch.tensor([self.examples, self.attacked, self.fosc_examples], dtype=self.sums.dtype,
+                              device=self.sums.device)
+        loss, clean, adv, fosc_sum, examples, attacked, fosc_examples = all_reduce_sum(
+            torch.cat([self.sums, counts]), env).tolist()
+        return {"loss": loss / max(examples, 1), "clean_acc": clean / max(examples, 1),
+                "adv_acc": adv / attacked if attacked > 0 else None,
+                "fosc": fosc_sum / fosc_examples if fosc_examples > 0 else None}
+
+
 def _train(config: Config, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv,
            show_progress: bool) -> Path:
+    run = setup_training(config, out_dir, state, device, env)
+    cfg = config.train
+    progress = Progress(cfg.epochs * run.steps_per_epoch, "train", enabled=show_progress and env.is_main,
+                        start_done=run.start_epoch * run.steps_per_epoch)
+    if env.is_main and show_progress:
+        info = run.exp.splits.info
+        progress.log(f"training {config.model.name} ({'OAT' if run.model.conditioned else 'dedicated'}) on "
+                     f"{info.name}: {len(run.labels)} examples, {cfg.epochs} epochs, ε={run.exp.eps:.4g}, "
+                     f"device {device}{f', {env.world_size} processes' if env.enabled else ''}")
+    for epoch in range(run.start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        metrics = train_one_epoch(run, epoch, progress)
+        seconds = time.perf_counter() - started
+        run.train_seconds += seconds
+        record = {"epoch": epoch + 1, **metrics, "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
+                  "passes": _run_passes(run.passes_before, run.counter, env)}
+        _save_epoch(run, record, progress)
+        barrier(env)
+    run.counter.detach()
+    return run.checkpoint_path
+
+
+def setup_training(config: Config, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv) -> TrainingRun:
+    """Seed, build, restore a resumed run's state, wrap for DDP and prepare the run directory."""
     cfg = config.train
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.manual_seed(cfg.seed)
-
     exp = build(config)
-    info = exp.splits.info
-    raw_model = exp.model.to(device)
+    model = exp.model.to(device)
     if cfg.channels_last and device.type == "cuda":
-        raw_model = raw_model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)
     try:
         objective = make_objective(config.objective.name, eps=exp.eps, alpha=exp.alpha,
                                    steps=config.attack.steps, **config.objective.params)
         make_sampler(config.lambdas.sampler, seed=cfg.seed, **config.lambdas.params)  # validate early
     except (ValueError, TypeError) as error:
         raise ConfigError(f"objective: {error}") from None
-    awp = AWP(cfg.awp.gamma, cfg.awp.warmup_epochs)
-    optimizer = _optimizer(config, raw_model)
+    objective.attack.check_inputs = False  # the loop feeds it [0, 1] images; the check would wait for the device
+    optimizer = _optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16" and device.type == "cuda"))
-
-    start_epoch, train_seconds = 0, 0.0
-    passes_before = dict.fromkeys(KINDS, 0)  # the whole run's passes (all ranks) when it was resumed
-    checkpoint_path = out_dir / CHECKPOINT
-    if state is not None:
-        try:
-            raw_model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            start_epoch, train_seconds = int(state["epoch"]), float(state["train_seconds"])
-            passes_before = {kind: int(state.get("passes", {}).get(kind, 0)) for kind in KINDS}
-        except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:  # the file, not oat
-            what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
-            raise CheckpointError(f"{checkpoint_path} cannot be resumed: {what}") from None
-
-    if cfg.sync_bn and env.enabled:
-        if device.type != "cuda":
-            raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
-        raw_model = convert_sync_batchnorm(raw_model)
-    step_module = _LossStep(raw_model, objective)
-    counter = PassCounter().attach(raw_model)  # this process's passes from here on
-    if env.enabled:
-        # find_unused_parameters: a rank whose batch has no λ = 0 example leaves its clean BNs unused.
-        step_module = nn.parallel.DistributedDataParallel(
-            step_module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=raw_model.conditioned)
-
     images, labels = datasets.dataset_tensors(exp.splits.train)
-    augment_kind = config.data.augment or info.augment
-    per_rank = cfg.batch_size // env.world_size
-    if per_rank < 2:
+    if cfg.batch_size // env.world_size < 2:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is too small for {env.world_size} processes")
     steps_per_epoch = len(labels) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(labels)} training examples")
-    fosc_loss = "kl" if isinstance(objective.attack, TradesKL) else "ce"
-
+    run = TrainingRun(config, exp, model, _LossStep(model, objective), objective, optimizer, scaler,
+               AWP(cfg.awp.gamma, cfg.awp.warmup_epochs), PassCounter(), images, labels, steps_per_epoch,
+               device, env, out_dir)
+    if state is not None:
+        _restore(run, state)
+    if cfg.sync_bn and env.enabled:
+        if device.type != "cuda":
+            raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
+        run.model = convert_sync_batchnorm(run.model)
+        run.step_module = _LossStep(run.model, objective)
+    run.counter.attach(run.model)  # this process's passes from here on
+    if env.enabled:
+        # find_unused_parameters: a rank whose batch has no λ = 0 example leaves its clean BNs unused.
+        run.step_module = nn.parallel.DistributedDataParallel(
+            run.step_module, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=run.model.conditioned)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # temporaries of a write that was killed
         write_text_atomic(out_dir / CONFIG, dump_config(config))
-        metrics_path = out_dir / METRICS
-        kept = _read_metrics(metrics_path, start_epoch)
-        write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))
-    progress = Progress(cfg.epochs * steps_per_epoch, "train", enabled=show_progress and env.is_main,
-                        start_done=start_epoch * steps_per_epoch)
-    if env.is_main and show_progress:
-        progress.log(f"training {config.model.name} ({'OAT' if raw_model.conditioned else 'dedicated'}) on "
-                     f"{info.name}: {len(labels)} examples, {cfg.epochs} epochs, ε={exp.eps:.4g}, "
-                     f"device {device}{f', {env.world_size} processes' if env.enabled else ''}")
+        kept = _read_metrics(out_dir / METRICS, run.start_epoch)
+        write_text_atomic(out_dir / METRICS, "".join(line + "\n" for line in kept))
+    return run
 
-    for epoch in range(start_epoch, cfg.epochs):
-        epoch_start = time.perf_counter()
-        torch.manual_seed(_seed_for(cfg.seed, epoch, env.rank, 0))  # attack starts, dropout
-        data_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 0, 1))  # same order on every rank
-        aug_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, env.rank, 2))
-        sampler = make_sampler(config.lambdas.sampler, seed=_seed_for(cfg.seed, epoch, env.rank, 3),
-                               **config.lambdas.params)
-        order = torch.randperm(len(labels), generator=data_gen)
-        raw_model.train()
-        sums = torch.zeros(6, dtype=torch.float64)  # loss·n, clean correct, adv correct, n, n_adv, fosc·k
-        fosc_count = 0
-        for step in range(steps_per_epoch):
-            global_step = epoch * steps_per_epoch + step
-            for group in optimizer.param_groups:
-                group["lr"] = config.optim.lr * lr_factor(
-                    config.schedule.name, global_step / steps_per_epoch, cfg.epochs, config.schedule.milestones,
-                    config.schedule.gamma, config.schedule.warmup_epochs)
-            index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][env.rank::env.world_size]
-            x = datasets.to_unit(images[index].to(device, non_blocking=True))
-            y = labels[index].to(device, non_blocking=True)
-            x = augment(x, augment_kind, aug_gen)
-            if cfg.channels_last and device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            lam = sampler.sample(x.shape[0]).to(device)
 
-            batch = objective.generate(raw_model, x, y, lam)
-            awp_loss = lambda: objective.loss(raw_model, batch).loss.mean()  # noqa: E731
-            with awp.perturbed(raw_model, awp_loss, epoch):
-                with _autocast(device, cfg.precision):
-                    out = step_module(batch)
-                loss = out.loss.float().mean()
-                if not torch.isfinite(loss):
-                    raise TrainingDiverged(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, batch {step + 1}; "
-                                           f"stopped, {_what_is_kept(checkpoint_path, epoch)}")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+def _restore(run: TrainingRun, state: dict) -> None:
+    try:
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scaler.load_state_dict(state["scaler"])
+        run.start_epoch, run.train_seconds = int(state["epoch"]), float(state["train_seconds"])
+        run.passes_before = {kind: int(state.get("passes", {}).get(kind, 0)) for kind in KINDS}
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:  # the file, not oat
+        what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
+        raise CheckpointError(f"{run.checkpoint_path} cannot be resumed: {what}") from None
 
-            n, n_adv = x.shape[0], out.n_adv
-            sums += torch.tensor([loss.item() * n, float(out.clean_correct), float(out.adv_correct), n, n_adv, 0.0],
-                                 dtype=torch.float64)
-            if n_adv:
-                k = min(FOSC_EXAMPLES, n_adv)
-                pick = batch.index[:k]
-                values = fosc(raw_model, x[pick], batch.x_adv[:k], y[pick], lam[pick], exp.eps, loss=fosc_loss)
-                sums[5] += float(values.sum())
-                fosc_count += k
-            progress.update(global_step + 1, f"epoch {epoch + 1}/{cfg.epochs} loss {loss.item():.3f}")
 
-        seconds = time.perf_counter() - epoch_start
-        totals = all_reduce_sum(torch.cat([sums, torch.tensor([fosc_count], dtype=torch.float64)]), env)
-        train_seconds += seconds
-        record = {
-            "epoch": epoch + 1,
-            "loss": totals[0].item() / max(totals[3].item(), 1),
-            "clean_acc": totals[1].item() / max(totals[3].item(), 1),
-            "adv_acc": (totals[2].item() / totals[4].item()) if totals[4] > 0 else None,
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": seconds,
-            "fosc": (totals[5].item() / totals[6].item()) if totals[6] > 0 else None,
-            "passes": _run_passes(passes_before, counter, env),
-        }
-        broken = non_finite(raw_model.state_dict(), optimizer.state_dict())
-        if broken:
-            raise TrainingDiverged(f"{len(broken)} non-finite tensors ({broken[0]} first) after epoch {epoch + 1}; "
-                                   f"stopped, {_what_is_kept(checkpoint_path, epoch)}")
-        if env.is_main:
-            with open(out_dir / METRICS, "a") as handle:
-                handle.write(json.dumps(record) + "\n")
-            save_checkpoint({
-                # SyncBatchNorm keeps BatchNorm's names, so this loads into the unsynced network.
-                "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "scheduler": {"name": config.schedule.name, "step": (epoch + 1) * steps_per_epoch},
-                "sampler": sampler.state_dict(),
-                "rng": _rng_state(device),
-                "epoch": epoch + 1,
-                "train_seconds": train_seconds,
-                "passes": record["passes"],
-                "config": config.to_dict(),
-                "model_spec": exp.model_spec,
-                "train_lambdas": exp.train_lambdas,
-                "eps": exp.eps,
-            }, checkpoint_path)
-            adv = "-" if record["adv_acc"] is None else f"{record['adv_acc']:.3f}"
-            fosc_text = "-" if record["fosc"] is None else f"{record['fosc']:.4g}"
-            progress.log(f"epoch {epoch + 1}/{cfg.epochs}  loss {record['loss']:.4f}  clean {record['clean_acc']:.3f}"
-                         f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {seconds:.1f}s"
-                         f"  (eta {format_seconds(progress.eta())})")
-        barrier(env)
-    counter.detach()
-    return checkpoint_path
+def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
+    """One pass over the training data; returns the epoch's loss, accuracies and FOSC.
+
+    Every step: slice the batch, augment, draw λ, attack, loss, backward, clip, update. Nothing
+    in a step waits for the device; the loss is checked for NaN/∞ every ``LOSS_CHECK_EVERY`` steps
+    and at the epoch's end (the weights are checked too before anything is saved)."""
+    config, cfg, env, device = run.config, run.config.train, run.env, run.device
+    torch.manual_seed(_seed_for(cfg.seed, epoch, env.rank, 0))  # attack starts, dropout
+    data_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 0, 1))  # same order on every rank
+    aug_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, env.rank, 2))
+    sampler = make_sampler(config.lambdas.sampler, seed=_seed_for(cfg.seed, epoch, env.rank, 3),
+                           **config.lambdas.params)
+    order = torch.randperm(len(run.labels), generator=data_gen)
+    augment_kind = config.data.augment or run.exp.splits.info.augment
+    fosc_loss = "kl" if isinstance(run.objective.attack, TradesKL) else "ce"
+    metrics = EpochMetrics(device)
+    run.model.train()
+    for step in range(run.steps_per_epoch):
+        _set_lr(run, (epoch * run.steps_per_epoch + step) / run.steps_per_epoch)
+        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][env.rank::env.world_size]
+        x = augment(datasets.to_unit(run.images[index].to(device, non_blocking=True)), augment_kind, aug_gen)
+        y = run.labels[index].to(device, non_blocking=True)
+        if cfg.channels_last and device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        lam = sampler.sample(x.shape[0])  # stays on the CPU: routing and attack selection need no sync
+
+        batch = run.objective.generate(run.model, x, y, lam)
+        with run.awp.perturbed(run.model, lambda: run.objective.loss(run.model, batch).loss.mean(), epoch):
+            with _autocast(device, cfg.precision):
+                out = run.step_module(batch)
+            loss = out.loss.float().mean()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+        if cfg.grad_clip:
+            run.scaler.unscale_(run.optimizer)
+            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+
+        metrics.add_step(step, loss, out, x.shape[0])
+        if out.n_adv and step % cfg.fosc_every == 0:
+            pick = batch.index[:FOSC_EXAMPLES]
+            metrics.add_fosc(fosc(run.model, x[pick], batch.x_adv[:FOSC_EXAMPLES], y[pick],
+                                  batch.routing_lam_adv()[:FOSC_EXAMPLES], run.exp.eps, loss=fosc_loss))
+        if (step + 1) % LOSS_CHECK_EVERY == 0:
+            _check_loss(run, metrics, epoch)
+        progress.update(epoch * run.steps_per_epoch + step + 1, f"epoch {epoch + 1}/{cfg.epochs}")
+    _check_loss(run, metrics, epoch)
+    return metrics.read(env)
+
+
+def _set_lr(run: TrainingRun, epochs_done: float) -> None:
+    config = run.config
+    factor = lr_factor(config.schedule.name, epochs_done, config.train.epochs, config.schedule.milestones,
+                       config.schedule.gamma, config.schedule.warmup_epochs)
+    for group in run.optimizer.param_groups:
+        group["lr"] = config.optim.lr * factor
+
+
+def _check_loss(run: TrainingRun, metrics: EpochMetrics, epoch: int) -> None:
+    bad = metrics.first_non_finite()
+    if bad is not None:
+        raise TrainingDiverged(f"non-finite loss ({bad[1]}) at epoch {epoch + 1}, batch {bad[0] + 1}; "
+                               f"stopped, {_what_is_kept(run.checkpoint_path, epoch)}")
+
+
+def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
+    """Refuse non-finite weights, then append the epoch's metrics line and replace the checkpoint."""
+    epoch = record["epoch"]
+    broken = non_finite(run.model.state_dict(), run.optimizer.state_dict())
+    if broken:
+        raise TrainingDiverged(f"{len(broken)} non-finite tensors ({broken[0]} first) after epoch {epoch}; "
+                               f"stopped, {_what_is_kept(run.checkpoint_path, epoch - 1)}")
+    if not run.env.is_main:
+        return
+    with open(run.out_dir / METRICS, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+    save_checkpoint({
+        # SyncBatchNorm keeps BatchNorm's names, so this loads into the unsynced network.
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict(),
+        "epoch": epoch,
+        "train_seconds": run.train_seconds,
+        "passes": record["passes"],
+        "config": run.config.to_dict(),
+        "model_spec": run.exp.model_spec,
+        "train_lambdas": run.exp.train_lambdas,
+        "eps": run.exp.eps,
+    }, run.checkpoint_path)
+    adv = "-" if record["adv_acc"] is None else f"{record['adv_acc']:.3f}"
+    fosc_text = "-" if record["fosc"] is None else f"{record['fosc']:.4g}"
+    progress.log(f"epoch {epoch}/{run.config.train.epochs}  loss {record['loss']:.4f}  clean {record['clean_acc']:.3f}"
+                 f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {record['seconds']:.1f}s"
+                 f"  (eta {format_seconds(progress.eta())})")
 
 
 def _run_passes(before: dict, counter: PassCounter, env: DistEnv) -> dict[str, int]:

@@ -71,7 +71,9 @@ def test_check_same_protocol_compares_measured_fields_strictly():
     sources = [("runs/a", FGSM_01), ("runs/b", other), ("runs/c", other)]
     assert check_same_protocol(sources, allow_mismatch=True) == [
         "eps is 0.1 in runs/a but 0.2 in runs/b (and 1 more)", "seed is 0 in runs/a but 1 in runs/b (and 1 more)"]
-    assert common_protocol(sources) == {k: v for k, v in FGSM_01.items() if k not in ("eps", "seed")}
+    # a result without "cascade" ran every attack on every example
+    assert common_protocol(sources) == {**{k: v for k, v in FGSM_01.items() if k not in ("eps", "seed")},
+                                        "cascade": False}
 
 
 def test_plot_refuses_a_different_eps_in_one_line(tmp_path, capsys):

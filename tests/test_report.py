@@ -154,7 +154,8 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
     assert summary["protocol_mismatches"] == []
     oat_protocol = protocol_of(json.loads((tmp_path / "oat" / "eval.json").read_text()))
     assert oat_protocol == {"dataset": "digits", "split": "test", "eps": 0.2, "norm": "Linf", "n": 40,
-                            "subset": oat_protocol["subset"], "attacks": ["fgsm", "pgd-3"], "seed": 0}
+                            "subset": oat_protocol["subset"], "attacks": ["fgsm", "pgd-3"], "seed": 0,
+                            "cascade": True}
     rows = json.loads((tmp_path / "frontier" / "frontier.json").read_text())["points"]
     assert len(rows) == 9 and all(row["protocol"] == oat_protocol for row in rows)
     assert summary["protocol"] == oat_protocol

@@ -232,14 +232,15 @@ def test_training_passes_are_counted_as_the_arithmetic_says(tmp_path, lam, attac
     """A dedicated run on the 1,437 training digits, batch 64: 22 steps (1,408 examples) an
     epoch. At λ = 1 every example is attacked: k attack steps (a forward and an input-only
     backward each), a clean and an adversarial forward, both backpropagated in full, and the
-    FOSC probe (one forward and input backward of 32 attacked examples a step). At λ = 0 nothing
-    is attacked: one forward and one full backward per example."""
-    steps, epochs, examples, batches = 3, 2, 22 * 64, 22
+    FOSC probe (one forward and input backward of 32 attacked examples on every 4th step, the
+    default ``train.fosc_every``: steps 0, 4, …, 20). At λ = 0 nothing is attacked: one forward
+    and one full backward per example."""
+    steps, epochs, examples, probed = 3, 2, 22 * 64, 6
     config = tiny(epochs=epochs, steps=steps, **{"model.conditioned": "false", "lambdas.sampler": "fixed",
                                                "lambdas.params": f"{{value: {lam}}}"})
     trainer.train(config, tmp_path, show_progress=False)
-    per_epoch = ({"forward": examples * (steps + 2) + batches * trainer.FOSC_EXAMPLES,
-                  "backward_input": examples * steps + batches * trainer.FOSC_EXAMPLES,
+    per_epoch = ({"forward": examples * (steps + 2) + probed * trainer.FOSC_EXAMPLES,
+                  "backward_input": examples * steps + probed * trainer.FOSC_EXAMPLES,
                   "backward_full": examples * 2} if attacked else
                  {"forward": examples, "backward_input": 0, "backward_full": examples})
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

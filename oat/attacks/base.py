@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from numbers import Real
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -42,7 +43,7 @@ def frozen_lambda(model: nn.Module, lam, x: torch.Tensor):
     (each layer's λ-dependent scale and shift computed once, not once per step); else ``lam``."""
     if lam is None or not isinstance(model, LambdaNetwork) or not model.conditioned:
         return lam
-    return model.condition(as_lambda(lam, x.shape[0], x.device), frozen=True)
+    return model.condition(as_lambda(lam, x.shape[0]), frozen=True)
 
 
 @contextmanager
@@ -92,6 +93,18 @@ def per_example_loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.
     raise ValueError(f"unknown attack loss {loss!r}; choose one of {LOSSES}")
 
 
+def example_noise(seed: int, restart: int, example_ids: torch.Tensor, shape) -> torch.Tensor:
+    """U(0, 1) noise ``[B, *shape]`` on the CPU, row b drawn from a generator seeded by (seed,
+    restart, example_ids[b]) alone: the same example gets the same noise in any batch, any order,
+    any subset of the test set."""
+    rows = []
+    for example in example_ids.tolist():
+        state = np.random.SeedSequence([int(seed) % 2**63, int(restart), int(example)]).generate_state(2, np.uint64)
+        generator = torch.Generator().manual_seed(int(state[0] % np.uint64(2**63 - 1)))
+        rows.append(torch.rand(tuple(shape), generator=generator))
+    return torch.stack(rows) if rows else torch.zeros((0, *shape))
+
+
 def check_eps(eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, Real) or not math.isfinite(eps) or eps < 0:
         raise ValueError(f"eps must be a finite number ≥ 0, got {eps!r}")
@@ -128,7 +141,13 @@ class Attack(ABC):
     weaker" hold over a whole test set, not only on the first batch).
 
     Subclasses implement :meth:`perturb`; call the attack as ``attack(model, x, y, lam)``.
+
+    ``check_inputs`` (default True): refuse inputs outside ``bounds``. The check reads the
+    tensor's values, so on an accelerator it waits for the device; a caller that guarantees its
+    inputs (the training loop) turns it off.
     """
+
+    check_inputs: bool = True
 
     def __init__(
         self,
@@ -157,16 +176,24 @@ class Attack(ABC):
         self.seed = seed
         self._generator = generator
 
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam=None) -> torch.Tensor:
-        """Adversarial examples for ``(x, y)`` at trade-off ``lam``: a detached tensor shaped like ``x``."""
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam=None,
+                 example_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Adversarial examples for ``(x, y)`` at trade-off ``lam``: a detached tensor shaped like ``x``.
+
+        ``example_ids`` (CPU integers ``[B]``, e.g. test-set indices): draw each example's random
+        start from its own id and the attack's seed (:func:`example_noise`), so an example's
+        attack does not depend on which other examples share its batch."""
         self._check_inputs(x, y)
+        if example_ids is not None and (example_ids.device.type != "cpu" or example_ids.shape != x.shape[:1]):
+            raise ValueError(f"example_ids must be a CPU tensor of shape [{x.shape[0]}], one id per example")
         x = x.detach()
         with eval_mode(model), torch.enable_grad():
-            x_adv = self.perturb(model, x, y, frozen_lambda(model, lam, x))
+            x_adv = self.perturb(model, x, y, frozen_lambda(model, lam, x), example_ids)
         return x_adv.detach()
 
     @abstractmethod
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam,
+                example_ids: torch.Tensor | None = None) -> torch.Tensor:
         """The attack proper; the model is already in eval mode and ``x`` is detached."""
 
     def _check_inputs(self, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -179,7 +206,7 @@ class Attack(ABC):
                 f"y must be a long tensor of shape [{x.shape[0]}] (one label per example), "
                 f"got {getattr(y, 'dtype', type(y).__name__)} of shape {list(getattr(y, 'shape', []))}"
             )
-        if self.bounds is not None and x.numel():
+        if self.check_inputs and self.bounds is not None and x.numel():
             low, high = self.bounds
             if bool((x < low).any() | (x > high).any()):
                 raise ValueError(
@@ -209,6 +236,11 @@ class Attack(ABC):
     def uniform_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """x + U(−ε, ε)ⁿ, projected (Madry et al. 2018's random start)."""
         noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return self.project(x + (2 * noise - 1) * self.eps, x)
+
+    def example_start(self, x: torch.Tensor, example_ids: torch.Tensor, seed: int, restart: int) -> torch.Tensor:
+        """:meth:`uniform_start` with each example's noise drawn from its own id (:func:`example_noise`)."""
+        noise = example_noise(seed, restart, example_ids, x.shape[1:]).to(device=x.device, dtype=x.dtype)
         return self.project(x + (2 * noise - 1) * self.eps, x)
 
     def __repr__(self) -> str:

@@ -17,7 +17,7 @@ class FGSM(Attack):
     def __init__(self, eps: float, bounds: tuple[float, float] | None = (0.0, 1.0)):
         super().__init__(eps, bounds)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam, example_ids=None) -> torch.Tensor:
         x_adv = x.clone().requires_grad_(True)
         # The sum of per-example losses: each example's gradient is its own, whatever the batch size.
         loss = per_example_loss(forward(model, x_adv, lam), y, "ce").sum()

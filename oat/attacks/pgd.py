@@ -64,13 +64,24 @@ class PGD(Attack):
         self.loss = loss
         self.best = bool(best)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam,
+                example_ids: torch.Tensor | None = None) -> torch.Tensor:
         generator = self.call_generator(x.device) if self.random_start else None
+        if example_ids is not None and self.random_start:
+            # Per-example starts: from the attack's seed (or one draw of its stream) and each id.
+            seed = self.seed if self.seed is not None else int(torch.randint(0, 2**62, (1,), generator=generator,
+                                                                            device=x.device).item())
+        restart = iter(range(self.restarts))
 
         def start() -> torch.Tensor:
-            # Starts come from this call's own generator in restart order, so restart r begins
-            # at the same point whatever the number of restarts or steps.
-            return self.uniform_start(x, generator) if self.random_start else x
+            # Restart r always begins at the same point whatever the number of restarts or
+            # steps: its starts come from this call's generator in restart order, or per example.
+            r = next(restart)
+            if not self.random_start:
+                return x
+            if example_ids is not None:
+                return self.example_start(x, example_ids, seed, r)
+            return self.uniform_start(x, generator)
 
         if not self.best:
             # Training: only the last restart's final iterate is returned, so the earlier

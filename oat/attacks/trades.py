@@ -41,7 +41,7 @@ class TradesKL(Attack):
         self.steps = check_count("steps", steps)
         self.alpha = 2.5 * self.eps / self.steps if alpha is None else check_positive("alpha", alpha)
 
-    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam) -> torch.Tensor:
+    def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam, example_ids=None) -> torch.Tensor:
         with torch.no_grad():
             log_p_clean = F.log_softmax(forward(model, x, lam), dim=1)
         generator = self.call_generator(x.device)

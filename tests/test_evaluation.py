@@ -1,0 +1,90 @@
+"""evaluate(): the cascade measures the same worst case for less, and an example's attack does not
+depend on which other examples share its batch."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models
+import oat
+from oat.attacks import CW, PGD
+from oat.datasets.base import dataset_tensors, to_unit
+from oat.passes import PassCounter
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return oat.datasets.load("digits")
+
+
+@pytest.fixture(scope="module")
+def model(digits):
+    """A small conditioned CNN trained clean for a few epochs (~95% of test digits right at λ = 0 and 1)."""
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_shape=(1, 8, 8), conditioned=True, channels=(8, 16))
+    images, labels = dataset_tensors(digits.train)
+    x = to_unit(images)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(6):
+        order = torch.randperm(len(labels))
+        for start in range(0, len(labels), 64):
+            index = order[start:start + 64]
+            lam = (torch.rand(len(index)) < 0.5).float()
+            loss = F.cross_entropy(net(x[index], lam), labels[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return net.eval()
+
+
+ATTACKS = ["fgsm", "pgd-5", "cw-5x2"]
+
+
+def test_the_cascade_measures_the_same_worst_case_with_fewer_passes(model, digits):
+    counter = PassCounter().attach(model)
+    full = oat.evaluate(model, digits, [0.0, 1.0], ATTACKS, eps=0.1, n=200, seed=3)
+    full_passes = counter.counts()["forward"]
+    cascaded = oat.evaluate(model, digits, [0.0, 1.0], ATTACKS, eps=0.1, n=200, seed=3, cascade=True)
+    cascaded_passes = counter.counts()["forward"] - full_passes
+    counter.detach()
+    assert (full["cascade"], cascaded["cascade"]) == (False, True)
+    for a, b in zip(full["points"], cascaded["points"]):
+        assert a["clean"] > 0.8
+        assert a["robust_worst"] == b["robust_worst"] and a["per_example"] == b["per_example"]
+        assert a["robust"]["fgsm"] == b["robust"]["fgsm"]  # the first attack saw every example
+        # later attacks' figures are cumulative: non-increasing, the last one the worst case
+        figures = [b["robust"][name] for name in ATTACKS]
+        assert figures == sorted(figures, reverse=True) and figures[-1] == b["robust_worst"]
+        assert all(b["robust"][name] <= a["robust"][name] for name in ATTACKS)
+    assert 0 < cascaded["points"][0]["robust_worst"] < cascaded["points"][0]["clean"]  # the attacks bite
+    assert cascaded_passes < 0.8 * full_passes
+
+
+def test_the_cascade_is_part_of_the_protocol(model, digits):
+    from oat.protocol import ProtocolMismatch, check_same_protocol
+
+    runs = [oat.evaluate(model, digits, [0.0], ["fgsm", "pgd-2"], eps=0.1, n=50, cascade=c) for c in (False, True)]
+    with pytest.raises(ProtocolMismatch, match="cascade is False in a but True in b"):
+        check_same_protocol([("a", runs[0]), ("b", runs[1])])
+    old = {k: v for k, v in runs[0].items() if k != "cascade"}  # an eval.json from before the cascade
+    assert check_same_protocol([("old", old), ("new", runs[0])]) == []
+
+
+@pytest.mark.parametrize("attack", [PGD(0.1, steps=3, restarts=2, seed=5), CW(0.1, steps=3, seed=5)])
+def test_an_examples_attack_does_not_depend_on_its_batch(model, digits, attack):
+    images, labels = dataset_tensors(digits.test)
+    x, y = to_unit(images[:40]), labels[:40]
+    ids = torch.arange(100, 140)
+    together = attack(model, x, y, 1.0, example_ids=ids)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(0))
+    for part in (order[:13], order[13:]):  # other batches, other orders, same examples
+        assert torch.equal(attack(model, x[part], y[part], 1.0, example_ids=ids[part]), together[part])
+    other_ids = attack(model, x, y, 1.0, example_ids=ids + 1000)
+    assert not torch.equal(other_ids, together)  # the id, not the position, picks the start
+    assert (together - x).abs().max() <= 0.1 + 1e-6 and together.min() >= 0 and together.max() <= 1
+
+
+def test_example_ids_must_name_one_id_per_example_on_the_cpu(model):
+    x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="example_ids must be a CPU tensor of shape \\[4\\]"):
+        PGD(0.1, steps=1, seed=0)(model, x, y, 0.0, example_ids=torch.arange(3))
