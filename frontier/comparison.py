@@ -31,8 +31,8 @@ from oat.protocol import common_protocol
 
 from .plot import plot
 from .report import find_results, write_report
-from .sweep import (AUTOATTACK_RESULT, FixedLambdaSweep, Protocol, SweepConfig, Task, TradesSweep, make_points,
-                    point_tasks, run_tasks, write_frontier)
+from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
+from .tasks import AUTOATTACK_RESULT, Protocol, Task, run_tasks
 
 
 @dataclass

@@ -20,19 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 import models
-from oat.checkpoint import load_checkpoint, write_text_atomic
-from oat.config import (Config, ConfigError, EvalConfig, check_config, check_eval, config_differences, from_dict,
-                        load_config, read_yaml_mapping)
-from oat.lock import RunLock
+from oat.checkpoint import write_text_atomic
+from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
+
+from .tasks import Protocol, Task, run_tasks
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 DEFAULT_BETAS = (0.0, 1.0, 3.0, 6.0, 10.0)
@@ -58,29 +53,6 @@ class SweepConfig:
     fixed_lambda: FixedLambdaSweep = field(default_factory=FixedLambdaSweep)
     trades: TradesSweep = field(default_factory=TradesSweep)
     eval: EvalConfig | None = None  # None: the base config's eval section
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How every model of a comparison is evaluated: same attacks, ε, subset and seed."""
-
-    attacks: tuple[str, ...]
-    eps: float | None
-    n: int | None
-    seed: int
-    batch_size: int = 500
-    cascade: bool = False
-
-    def as_dict(self) -> dict:
-        # "cascade" only when set: results evaluated before it existed stay current.
-        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
-                **({"cascade": True} if self.cascade else {})}
-
-    @classmethod
-    def from_eval(cls, config: EvalConfig) -> "Protocol":
-        """The protocol an eval section asks for, checked before anything trains."""
-        check_eval(config)
-        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade)
 
 
 @dataclass
@@ -183,164 +155,6 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
         raise ConfigError(f"--shard must look like i/n (e.g. 2/4), got {text!r}") from None
     _check_shard(index, count)
     return index, count
-
-
-# ---------------------------------------------------------------- running one run directory
-@dataclass(frozen=True)
-class Task:
-    """One model to train (or resume) into ``run_dir`` and evaluate at ``lambdas`` with ``protocol``."""
-
-    name: str
-    run_dir: str
-    config: Config
-    protocol: Protocol
-    lambdas: tuple[float, ...]
-    result: str = "eval.json"  # where in run_dir the evaluation goes (a second protocol: another file)
-
-
-AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (frontier.comparison)
-RESULT_FILES = ("eval.json", AUTOATTACK_RESULT)
-RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", *RESULT_FILES)
-
-
-def stale_keys(run_dir: Path, config: Config) -> list[str]:
-    """The result-changing keys in which the run in ``run_dir`` was trained differently from
-    ``config`` (empty for a run that has no checkpoint yet: it trains from scratch anyway)."""
-    if not (run_dir / "checkpoint.pt").exists():
-        return []
-    saved_path = run_dir / "config.yaml"
-    try:
-        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        saved = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-    return config_differences(saved, config)
-
-
-def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = "eval.json") -> str:
-    """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
-    ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
-        return "train"
-    if stale_keys(run_dir, config):
-        return "stale"
-    if int(load_checkpoint(checkpoint)["epoch"]) < config.train.epochs:
-        return "resume"
-    try:
-        stored = json.loads((run_dir / result).read_text())
-    except (OSError, json.JSONDecodeError):
-        return "evaluate"
-    same_lambdas = lambdas is None or [p.get("lambda") for p in stored.get("points", [])] == list(lambdas)
-    # An evaluation from before test subsets were fingerprinted cannot be matched: evaluate again.
-    fingerprinted = "subset" in stored
-    return "done" if stored.get("protocol") == protocol.as_dict() and same_lambdas and fingerprinted else "evaluate"
-
-
-def clear_run(run_dir: Path) -> None:
-    """Remove what a run directory's training and evaluation wrote, so it trains afresh."""
-    for name in RUN_FILES:
-        (run_dir / name).unlink(missing_ok=True)
-
-
-def run_one(task: Task, retrain_stale: bool = False) -> str:
-    """Train (or resume) and evaluate ``task`` unless that was done already; returns the status
-    it found. The caller holds the run's lock."""
-    from oat.runs import evaluate_run, load_run
-    from oat.trainer import train
-
-    run_dir = Path(task.run_dir)
-    status = run_status(run_dir, task.config, task.protocol, task.lambdas, task.result)
-    if status == "stale":
-        if not retrain_stale:
-            raise ConfigError(_stale_message(task))
-        clear_run(run_dir)
-    if status in ("train", "resume", "stale"):
-        train(task.config, run_dir, resume=(status == "resume"), show_progress=False)
-    if status != "done":
-        model, state = load_run(run_dir)
-        protocol = task.protocol
-        result = evaluate_run(model, state, list(task.lambdas), protocol.attacks, eps=protocol.eps, n=protocol.n,
-                              seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade)
-        result["checkpoint"] = str(run_dir / "checkpoint.pt")
-        result["protocol"] = protocol.as_dict()
-        write_text_atomic(run_dir / task.result, json.dumps(result, indent=2) + "\n")
-    return status
-
-
-def _stale_message(task: Task, others: int = 0) -> str:
-    keys = stale_keys(Path(task.run_dir), task.config)
-    shown = "; ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
-    more = f" (and {others} more point{'s' if others > 1 else ''})" if others else ""
-    return (f"{task.name} in {task.run_dir} was trained with another config ({shown}){more}; "
-            "pass --retrain-stale to retrain it")
-
-
-def _run_task(job: tuple) -> tuple[str, float, str]:
-    """Run one task in this process if its lock is free (or once it frees, with ``wait``)."""
-    task, threads, retrain_stale, wait = job
-    if threads:  # read by the trainer and evaluation (oat.distributed.set_threads)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-    lock = RunLock(task.run_dir)
-    if not lock.try_acquire():
-        if not wait:
-            return task.name, 0.0, f"held by {lock.holder()}"
-        lock.acquire()
-    started = time.perf_counter()
-    try:
-        status = run_one(task, retrain_stale)
-    finally:
-        lock.release()
-    return task.name, time.perf_counter() - started, status
-
-
-def check_tasks(tasks: list[Task], retrain_stale: bool = False) -> None:
-    """Refuse, before anything trains, configs that cannot train and points trained under
-    another config (unless ``retrain_stale``)."""
-    for task in tasks:
-        check_config(task.config)
-    stale = [t for t in tasks if stale_keys(Path(t.run_dir), t.config)]
-    if stale and not retrain_stale:
-        raise ConfigError(_stale_message(stale[0], len(stale) - 1))
-
-
-def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: bool = False) -> None:
-    """Run ``tasks``, ``workers`` processes at a time, each under its run's lock.
-
-    Each worker process gets an equal share of the CPU threads, so parallel points don't fight
-    over cores. A task whose lock another process holds (a second sweep on the same directory)
-    is skipped at first and waited for at the end, when it is usually finished and only read."""
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    check_tasks(tasks, retrain_stale)
-    threads = max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    held = []
-    for name, seconds, status in _map(_run_task, [(t, threads, retrain_stale, False) for t in tasks], workers):
-        if status.startswith("held"):
-            held.append(next(t for t in tasks if t.name == name))
-        _report(log, name, seconds, status)
-    for outcome in _map(_run_task, [(t, threads, retrain_stale, True) for t in held], workers):
-        _report(log, *outcome)
-
-
-def _map(function, jobs: list, workers: int):
-    if workers == 1 or len(jobs) <= 1:
-        yield from map(function, jobs)
-        return
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap_unordered(function, jobs)
-
-
-def _report(log, name: str, seconds: float, status: str) -> None:
-    if log is not None:
-        what = {"done": "already finished", "evaluate": "evaluated", "resume": "resumed and evaluated",
-                "train": "trained and evaluated", "stale": "retrained (stale config) and evaluated"}
-        if status.startswith("held"):
-            log(f"  {name}: {status}; waiting for it")
-        else:
-            log(f"  {name}: {what[status]} ({seconds:.0f}s)")
 
 
 # ---------------------------------------------------------------- the whole sweep

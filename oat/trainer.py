@@ -431,6 +431,8 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
     optimizer = _optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16" and device.type == "cuda"))
     images, labels = datasets.dataset_tensors(exp.splits.train)
+    if device.type == "cuda":  # the airbench way: the whole training set on the GPU (uint8: 47 MB for 60k×28×28)
+        images, labels = images.to(device), labels.to(device)
     if cfg.batch_size // env.world_size < 2:
         raise ConfigError(f"train.batch_size {cfg.batch_size} is too small for {env.world_size} processes")
     steps_per_epoch = len(labels) // cfg.batch_size
@@ -493,6 +495,7 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
     for step in range(run.steps_per_epoch):
         _set_lr(run, (epoch * run.steps_per_epoch + step) / run.steps_per_epoch)
         index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][env.rank::env.world_size]
+        index = index.to(run.images.device, non_blocking=True)
         x = augment(datasets.to_unit(run.images[index].to(device, non_blocking=True)), augment_kind, aug_gen)
         y = run.labels[index].to(device, non_blocking=True)
         if cfg.channels_last and device.type == "cuda":

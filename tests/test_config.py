@@ -166,7 +166,8 @@ def test_thread_count_follows_the_config_then_the_environment_then_the_idle_core
 @pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
 def test_every_shipped_bench_config_builds_checked_models(path):
     from frontier.comparison import load_comparison, model_configs
-    from frontier.sweep import Protocol, make_points
+    from frontier.sweep import make_points
+    from frontier.tasks import Protocol
     from oat.config import check_config
 
     oat, base, sweep = model_configs(load_comparison(path))

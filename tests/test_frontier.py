@@ -181,3 +181,26 @@ def test_a_run_lock_dies_with_its_holder(tmp_path):
     assert lock.try_acquire()  # the holder is dead: its lock went with it, the file stays
     assert RunLock(tmp_path).try_acquire() is False  # and this process now holds it
     lock.release()
+
+
+def test_an_oat_models_lambdas_are_evaluated_in_parallel_jobs_and_merged_exactly(tmp_path):
+    """With two workers, an OAT model is trained by one job and evaluated by one job per λ; the
+    merged eval.json holds exactly what one process evaluating every λ computes."""
+    from frontier.tasks import Protocol, Task, _evaluate, run_tasks
+    from oat.config import load_config
+
+    config = load_config(ROOT / "configs" / "digits_oat.yaml", ["train.epochs=1", "attack.steps=1"])
+    protocol = Protocol(("fgsm", "pgd-2"), None, 80, 0, cascade=True)
+    task = Task("oat", str(tmp_path / "oat"), config, protocol, (0.0, 0.4, 1.0))
+    log = []
+    run_tasks([task], workers=2, log=log.append)
+    assert log == [next(line for line in log if line.startswith("  oat: trained and evaluated ("))]
+    assert "its 3 λ evaluated in parallel jobs" in log[0]
+    merged = json.loads((tmp_path / "oat" / "eval.json").read_text())
+    whole = _evaluate(task, [0.0, 0.4, 1.0])
+    assert merged["points"] == whole["points"] and merged["flags"] == whole["flags"]
+    assert {k: v for k, v in merged.items() if k not in ("points", "seconds")} == \
+        {k: v for k, v in whole.items() if k not in ("points", "seconds")}
+    again = []
+    run_tasks([task], workers=2, log=again.append)
+    assert len(again) == 1 and again[0].startswith("  oat: already finished")

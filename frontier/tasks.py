@@ -1,0 +1,290 @@
+"""Running models: train (or resume) each run directory once, evaluate it, many at a time.
+
+A :class:`Task` is one model: a training config, a run directory, the λ values to evaluate it at
+and the :class:`Protocol` to evaluate them with. :func:`run_tasks` brings every task's directory
+up to date — trained, and evaluated with that protocol at those λ — doing only what is missing
+(``run_status``), in ``workers`` processes. A model evaluated at several λ (an OAT model) is
+trained by one job and then evaluated by one job per λ, so its evaluation spreads over the
+workers instead of keeping one busy for as long as all the others together; each λ's evaluation
+is independent of the others (every attack draws an example's random start from the example
+itself), so the merged ``eval.json`` is exactly what one process evaluating every λ would write.
+
+Training takes the run directory's lock (:class:`oat.lock.RunLock`): a second process sweeping
+the same directory skips the runs another holds and waits for them at the end, so every run is
+trained once.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from oat.checkpoint import load_checkpoint, write_text_atomic
+from oat.config import Config, ConfigError, EvalConfig, check_config, check_eval, config_differences
+from oat.lock import RunLock
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How every model of a comparison is evaluated: same attacks, ε, subset and seed."""
+
+    attacks: tuple[str, ...]
+    eps: float | None
+    n: int | None
+    seed: int
+    batch_size: int = 500
+    cascade: bool = False
+
+    def as_dict(self) -> dict:
+        # "cascade" only when set: results evaluated before it existed stay current.
+        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
+                **({"cascade": True} if self.cascade else {})}
+
+    @classmethod
+    def from_eval(cls, config: EvalConfig) -> "Protocol":
+        """The protocol an eval section asks for, checked before anything trains."""
+        check_eval(config)
+        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade)
+
+
+
+@dataclass(frozen=True)
+class Task:
+    """One model to train (or resume) into ``run_dir`` and evaluate at ``lambdas`` with ``protocol``."""
+
+    name: str
+    run_dir: str
+    config: Config
+    protocol: Protocol
+    lambdas: tuple[float, ...]
+    result: str = "eval.json"  # where in run_dir the evaluation goes (a second protocol: another file)
+
+
+AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (frontier.comparison)
+RESULT_FILES = ("eval.json", AUTOATTACK_RESULT)
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", *RESULT_FILES)
+
+
+def stale_keys(run_dir: Path, config: Config) -> list[str]:
+    """The result-changing keys in which the run in ``run_dir`` was trained differently from
+    ``config`` (empty for a run that has no checkpoint yet: it trains from scratch anyway)."""
+    if not (run_dir / "checkpoint.pt").exists():
+        return []
+    saved_path = run_dir / "config.yaml"
+    try:
+        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
+    except yaml.YAMLError:
+        saved = None
+    if not isinstance(saved, dict):
+        saved = load_checkpoint(run_dir / "checkpoint.pt")["config"]
+    return config_differences(saved, config)
+
+
+def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = "eval.json") -> str:
+    """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
+    ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        return "train"
+    if stale_keys(run_dir, config):
+        return "stale"
+    if int(load_checkpoint(checkpoint)["epoch"]) < config.train.epochs:
+        return "resume"
+    try:
+        stored = json.loads((run_dir / result).read_text())
+    except (OSError, json.JSONDecodeError):
+        return "evaluate"
+    same_lambdas = lambdas is None or [p.get("lambda") for p in stored.get("points", [])] == list(lambdas)
+    # An evaluation from before test subsets were fingerprinted cannot be matched: evaluate again.
+    fingerprinted = "subset" in stored
+    return "done" if stored.get("protocol") == protocol.as_dict() and same_lambdas and fingerprinted else "evaluate"
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what a run directory's training and evaluation wrote, so it trains afresh."""
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _stale_message(task: Task, others: int = 0) -> str:
+    keys = stale_keys(Path(task.run_dir), task.config)
+    shown = "; ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+    more = f" (and {others} more point{'s' if others > 1 else ''})" if others else ""
+    return (f"{task.name} in {task.run_dir} was trained with another config ({shown}){more}; "
+            "pass --retrain-stale to retrain it")
+
+
+def check_tasks(tasks: list[Task], retrain_stale: bool = False) -> None:
+    """Refuse, before anything trains, configs that cannot train and points trained under
+    another config (unless ``retrain_stale``)."""
+    for task in tasks:
+        check_config(task.config)
+    stale = [t for t in tasks if stale_keys(Path(t.run_dir), t.config)]
+    if stale and not retrain_stale:
+        raise ConfigError(_stale_message(stale[0], len(stale) - 1))
+
+
+
+def _train_job(task: Task, retrain_stale: bool, wait: bool) -> str:
+    """Train (or resume) the task's run under its lock; returns the status it found, or
+    ``held by …`` when another process holds the lock and ``wait`` is False."""
+    from oat.trainer import train
+
+    lock = RunLock(task.run_dir)
+    if not lock.try_acquire():
+        if not wait:
+            return f"held by {lock.holder()}"
+        lock.acquire()
+    try:
+        run_dir = Path(task.run_dir)
+        status = run_status(run_dir, task.config, task.protocol, task.lambdas, task.result)
+        if status == "stale":
+            if not retrain_stale:
+                raise ConfigError(_stale_message(task))
+            clear_run(run_dir)
+        if status in ("train", "resume", "stale"):
+            train(task.config, run_dir, resume=(status == "resume"), show_progress=False)
+        return status
+    finally:
+        lock.release()
+
+
+def _evaluate(task: Task, lambdas: list[float]) -> dict:
+    """The task's model evaluated at ``lambdas`` with its protocol (nothing written)."""
+    from oat.runs import evaluate_run, load_run
+
+    model, state = load_run(Path(task.run_dir))
+    protocol = task.protocol
+    result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
+                          seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade)
+    result["checkpoint"] = str(Path(task.run_dir) / "checkpoint.pt")
+    result["protocol"] = protocol.as_dict()
+    return result
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """One evaluation result from results of the same model and protocol at different λ (in
+    order): their points, their seconds summed, the consistency flags of all points."""
+    from oat.evaluation import consistency_flags
+
+    merged = dict(parts[0])
+    merged["points"] = [point for part in parts for point in part["points"]]
+    merged["seconds"] = sum(part["seconds"] for part in parts)
+    merged["flags"] = consistency_flags(merged["points"], merged["n"])
+    return merged
+
+
+def _write_result(task: Task, result: dict) -> None:
+    write_text_atomic(Path(task.run_dir) / task.result, json.dumps(result, indent=2) + "\n")
+
+
+def run_one(task: Task, retrain_stale: bool = False, wait: bool = True) -> str:
+    """Bring one task up to date in this process (train, then evaluate every λ); returns the
+    status it found (``held by …`` when its lock is held and ``wait`` is False)."""
+    status = _train_job(task, retrain_stale, wait)
+    if status not in ("done",) and not status.startswith("held"):
+        _write_result(task, _evaluate(task, list(task.lambdas)))
+    return status
+
+
+def _job(job: tuple):
+    """One job in a worker process: ``whole`` (train and evaluate), ``train``, or ``eval`` (one λ)."""
+    kind, task, lam, threads, retrain_stale, wait = job
+    if threads:  # read by the trainer and evaluation (oat.distributed.set_threads)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+    started = time.perf_counter()
+    if kind == "eval":
+        outcome = _evaluate(task, [lam])
+    elif kind == "train":
+        outcome = _train_job(task, retrain_stale, wait)
+    else:
+        outcome = run_one(task, retrain_stale, wait)
+    return kind, task.name, lam, time.perf_counter() - started, outcome
+
+
+def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: bool = False) -> None:
+    """Bring every task up to date, ``workers`` processes at a time (see the module docstring).
+
+    Each worker process gets an equal share of the CPU threads, so parallel runs don't fight
+    over cores. A task whose lock another process holds is skipped at first and waited for at the
+    end, when it is usually finished and only read."""
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    check_tasks(tasks, retrain_stale)
+    if workers == 1 or len(tasks) == 1 and len(tasks[0].lambdas) == 1:
+        held = []
+        for task in tasks:
+            started = time.perf_counter()
+            status = run_one(task, retrain_stale, wait=False)
+            (held.append(task) if status.startswith("held") else None)
+            _report(log, task.name, time.perf_counter() - started, status)
+        for task in held:
+            started = time.perf_counter()
+            _report(log, task.name, time.perf_counter() - started, run_one(task, retrain_stale, wait=True))
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    held = _schedule(tasks, workers, threads, retrain_stale, log, wait=False)
+    if held:
+        _schedule(held, workers, threads, retrain_stale, log, wait=True)
+
+
+def _schedule(tasks: list[Task], workers: int, threads: int, retrain_stale: bool, log, wait: bool) -> list[Task]:
+    """Run the tasks' jobs in a pool of ``workers`` processes, an evaluation job as soon as its
+    model is trained (ahead of the waiting training jobs: it finishes a model); returns the tasks
+    whose lock another process held."""
+    by_name = {task.name: task for task in tasks}
+    pending = deque(("train" if len(t.lambdas) > 1 else "whole", t, None) for t in tasks)
+    parts: dict[str, dict] = {}
+    trained: dict[str, tuple[str, float]] = {}
+    held, done = [], queue.SimpleQueue()
+    in_flight = 0
+    jobs = sum(len(t.lambdas) for t in tasks)  # at most this many jobs can run at once
+    with multiprocessing.get_context("spawn").Pool(min(workers, jobs)) as pool:
+        while pending or in_flight:
+            while pending and in_flight < workers:
+                kind, task, lam = pending.popleft()
+                pool.apply_async(_job, ((kind, task, lam, threads, retrain_stale, wait),),
+                                 callback=done.put, error_callback=done.put)
+                in_flight += 1
+            outcome = done.get()
+            in_flight -= 1
+            if isinstance(outcome, BaseException):
+                raise outcome
+            kind, name, lam, seconds, result = outcome
+            task = by_name[name]
+            if kind == "eval":
+                parts.setdefault(name, {})[lam] = result
+                if len(parts[name]) == len(task.lambdas):
+                    _write_result(task, merge_results([parts[name][v] for v in task.lambdas]))
+                    status, train_seconds = trained[name]
+                    _report(log, name, train_seconds + sum(p["seconds"] for p in parts[name].values()), status,
+                            parts=len(task.lambdas))
+            elif result.startswith("held"):
+                held.append(task)
+                _report(log, name, seconds, result)
+            elif kind == "train" and result != "done":
+                trained[name] = (result, seconds)
+                pending.extendleft(("eval", task, v) for v in reversed(task.lambdas))
+            else:
+                _report(log, name, seconds, result)
+    return held
+
+
+def _report(log, name: str, seconds: float, status: str, parts: int = 1) -> None:
+    if log is not None:
+        what = {"done": "already finished", "evaluate": "evaluated", "resume": "resumed and evaluated",
+                "train": "trained and evaluated", "stale": "retrained (stale config) and evaluated"}
+        if status.startswith("held"):
+            log(f"  {name}: {status}; waiting for it")
+        else:
+            split = f", its {parts} λ evaluated in parallel jobs" if parts > 1 else ""
+            log(f"  {name}: {what[status]} ({seconds:.0f}s of work{split})" if parts > 1
+                else f"  {name}: {what[status]} ({seconds:.0f}s)")
