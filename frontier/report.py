@@ -224,9 +224,11 @@ def _evaluation_lines(summary: dict) -> list[str]:
                    "(AutoAttack's own procedure), which measures the same worst case for less; so each attack's "
                    "column counts the examples that survive it and every attack run before it."
                    if summary["protocol"].get("cascade") else "")
-        return [f"Evaluation: {attacks} at ε = {eps} (L∞) on the same {n}test examples for every model; RA is "
-                "the per-example worst case over those attacks (an example counts as robust only if it survives "
-                f"every one).{cascade}", ""]
+        shared = summary["protocol"]
+        which = ", ".join(f"{name} {shared[name]}" for name in ("dataset", "split", "seed", "subset") if name in shared)
+        return [f"Evaluation: {attacks} at ε = {eps} (L∞) on the same {n}test examples for every model"
+                + (f" ({which})" if which else "") + "; RA is the per-example worst case over those attacks (an "
+                f"example counts as robust only if it survives every one).{cascade}", ""]
     return [f"**PROTOCOL MISMATCH: the models were not evaluated the same way** (compared anyway with "
             f"--allow-mismatch), so these figures do not compare like with like. Attacks run: {attacks}; RA is "
             "each model's per-example worst case over its own attacks.", "",

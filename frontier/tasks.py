@@ -190,7 +190,7 @@ def run_one(task: Task, retrain_stale: bool = False, wait: bool = True) -> str:
     """Bring one task up to date in this process (train, then evaluate every λ); returns the
     status it found (``held by …`` when its lock is held and ``wait`` is False)."""
     status = _train_job(task, retrain_stale, wait)
-    if status not in ("done",) and not status.startswith("held"):
+    if status != "done" and not status.startswith("held"):
         _write_result(task, _evaluate(task, list(task.lambdas)))
     return status
 
@@ -220,20 +220,24 @@ def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: boo
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     check_tasks(tasks, retrain_stale)
     if workers == 1 or len(tasks) == 1 and len(tasks[0].lambdas) == 1:
-        held = []
-        for task in tasks:
-            started = time.perf_counter()
-            status = run_one(task, retrain_stale, wait=False)
-            (held.append(task) if status.startswith("held") else None)
-            _report(log, task.name, time.perf_counter() - started, status)
-        for task in held:
-            started = time.perf_counter()
-            _report(log, task.name, time.perf_counter() - started, run_one(task, retrain_stale, wait=True))
+        held = _in_process(tasks, retrain_stale, log, wait=False)
+        _in_process(held, retrain_stale, log, wait=True)
         return
     threads = max(1, (os.cpu_count() or 1) // workers)
     held = _schedule(tasks, workers, threads, retrain_stale, log, wait=False)
     if held:
         _schedule(held, workers, threads, retrain_stale, log, wait=True)
+
+
+def _in_process(tasks: list[Task], retrain_stale: bool, log, wait: bool) -> list[Task]:
+    """Run each task whole in this process; returns those whose lock another process held."""
+    held = []
+    for task in tasks:
+        _, name, _, seconds, status = _job(("whole", task, None, None, retrain_stale, wait))
+        if status.startswith("held"):
+            held.append(task)
+        _report(log, name, seconds, status)
+    return held
 
 
 def _schedule(tasks: list[Task], workers: int, threads: int, retrain_stale: bool, log, wait: bool) -> list[Task]:
@@ -285,6 +289,5 @@ def _report(log, name: str, seconds: float, status: str, parts: int = 1) -> None
         if status.startswith("held"):
             log(f"  {name}: {status}; waiting for it")
         else:
-            split = f", its {parts} λ evaluated in parallel jobs" if parts > 1 else ""
-            log(f"  {name}: {what[status]} ({seconds:.0f}s of work{split})" if parts > 1
-                else f"  {name}: {what[status]} ({seconds:.0f}s)")
+            work = f"{seconds:.0f}s of work, its {parts} λ evaluated in parallel jobs" if parts > 1 else f"{seconds:.0f}s"
+            log(f"  {name}: {what[status]} ({work})")

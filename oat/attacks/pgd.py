@@ -73,21 +73,22 @@ class PGD(Attack):
                                                                             device=x.device).item())
         restart = iter(range(self.restarts))
 
-        def start() -> torch.Tensor:
+        def start(discard: bool = False) -> torch.Tensor | None:
             # Restart r always begins at the same point whatever the number of restarts or
-            # steps: its starts come from this call's generator in restart order, or per example.
+            # steps: its starts come from this call's generator in restart order, or per example
+            # (which needs no draw to keep the order, so a discarded one is not computed).
             r = next(restart)
             if not self.random_start:
                 return x
             if example_ids is not None:
-                return self.example_start(x, example_ids, seed, r)
+                return None if discard else self.example_start(x, example_ids, seed, r)
             return self.uniform_start(x, generator)
 
         if not self.best:
             # Training: only the last restart's final iterate is returned, so the earlier
             # restarts need not run (their starts are still drawn, to keep the order).
             for _ in range(self.restarts - 1):
-                start()
+                start(discard=True)
             x_adv, _ = self._ascend(model, start(), x, y, lam, None)
             return x_adv
 
