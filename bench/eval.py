@@ -1,18 +1,23 @@
-"""Benchmark: a full ``evaluate()`` of an OAT model at 8 λ, against the sum of its parts and with
-and without the cascade.
+"""Benchmark: a full ``evaluate()`` of an OAT model at 8 λ, against the sum of its parts, and with
+the cascade, the device's default batch size and several λ per batch.
 
     python bench/eval.py [--checkpoint RUN_DIR] [--n 500] [--attacks pgd-20,apgd-ce] [--threads N]
                          [--device cpu|cuda]
 
 Without ``--checkpoint`` it first trains the digits OAT config for 5 epochs into a temporary
-directory (about a minute on 2 cores). Three timings, in one run:
+directory (about a minute on 2 cores). Five timings, in one run:
 - ``parts``: the clean forward and each attack called directly on the clean-correct examples, λ by
   λ, with nothing else (what ``evaluate()`` cannot avoid doing);
-- ``evaluate``: ``oat.evaluate(..., cascade=False)``, every attack on every clean-correct example;
-- ``cascade``: ``oat.evaluate(..., cascade=True)``, each attack only on the examples still robust.
-It prints each time, ``ratio evaluate/parts`` (the machinery's overhead), ``ratio cascade/evaluate``
-(the issue's target: ≤ 0.5 with batching), and how many (λ, example) worst-case outcomes differ
-between the two (PGD's starts are per example, so only APGD's batch-dependent starts can differ).
+- ``evaluate``: ``oat.evaluate(..., cascade=False)``, every attack on every clean-correct example,
+  in batches of ``--batch-size`` (500: the default before issue 12), λ after λ;
+- ``cascade``: the same with ``cascade=True``, each attack only on the examples still robust;
+- ``default``: ``cascade=True`` at the device's default batch size (128 on the CPU, 500 on a GPU);
+- ``mixed``: ``default`` with ``mix_lambdas=True``, the (λ, example) pairs of all λ attacked
+  together (the default on a GPU).
+It prints each time, ``ratio evaluate/parts`` (the machinery's overhead), ``ratio X/evaluate``
+for the other three (the issue's target: ≤ 0.5), and how many (λ, example) worst-case outcomes
+differ from ``evaluate`` (every attack but the full ``autoattack`` draws its starts per example,
+so none should).
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ def parts_seconds(model, splits, attacks, eps, n, seed, batch_size, device) -> f
                 correct = torch.cat([model(x[s:s + batch_size], lam).argmax(1) for s in range(0, len(y), batch_size)]) == y
             keep = correct.nonzero().squeeze(1)
             for name in attacks:
-                _robust_flags(parse_attack(name), model, x[keep], y[keep], lam, eps, seed, batch_size, index[keep.cpu()])
+                _robust_flags(parse_attack(name), model, x, y, keep, lam, eps, seed, batch_size, index[keep.cpu()])
     return time.perf_counter() - started
 
 
@@ -86,14 +91,21 @@ def main() -> None:
               f"{splits.info.name}, {len(LAMBDAS)} λ, {', '.join(attacks)}, n = {args.n}, ε = {eps:g}")
         common = dict(eps=eps, n=args.n, seed=0, batch_size=args.batch_size, device=device)
         parts = parts_seconds(model, splits, attacks, eps, args.n, 0, args.batch_size, device)
-        full = oat.evaluate(model, splits, LAMBDAS, attacks, **common)
-        cascaded = oat.evaluate(model, splits, LAMBDAS, attacks, cascade=True, **common)
+        full = oat.evaluate(model, splits, LAMBDAS, attacks, mix_lambdas=False, **common)
+        cascaded = oat.evaluate(model, splits, LAMBDAS, attacks, cascade=True, mix_lambdas=False, **common)
+        common.pop("batch_size")
+        default = oat.evaluate(model, splits, LAMBDAS, attacks, cascade=True, mix_lambdas=False, **common)
+        mixed = oat.evaluate(model, splits, LAMBDAS, attacks, cascade=True, mix_lambdas=True, **common)
     worst = np.mean([p["robust_worst"] for p in full["points"]])
     print(f"parts     {parts:8.1f} s")
     print(f"evaluate  {full['seconds']:8.1f} s   ratio evaluate/parts {full['seconds'] / parts:.3f}")
     print(f"cascade   {cascaded['seconds']:8.1f} s   ratio cascade/evaluate {cascaded['seconds'] / full['seconds']:.3f}")
-    print(f"mean worst-case RA {worst:.4f}; worst-case outcomes that differ with the cascade: "
-          f"{differing(full, cascaded)} of {full['n'] * len(LAMBDAS)}")
+    for name, result in (("default", default), ("mixed", mixed)):
+        print(f"{name:9} {result['seconds']:8.1f} s   ratio {name}/evaluate {result['seconds'] / full['seconds']:.3f}")
+    total = full['n'] * len(LAMBDAS)
+    changed = ", ".join(f"{name} {differing(full, result)}"
+                        for name, result in (("cascade", cascaded), ("default", default), ("mixed", mixed)))
+    print(f"mean worst-case RA {worst:.4f}; worst-case outcomes (of {total}) that differ from evaluate: {changed}")
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ class Protocol:
     eps: float | None
     n: int | None
     seed: int
-    batch_size: int = 500
+    batch_size: int | None = None
     cascade: bool = False
 
     def as_dict(self) -> dict:

@@ -227,7 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--eps", type=float, help="L∞ radius (default: the training ε)")
     ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples")
     ev.add_argument("--seed", type=int, default=0, help="seed of the subset and the attacks' random starts")
-    ev.add_argument("--batch-size", type=int, default=500)
+    ev.add_argument("--batch-size", type=int, default=None,
+                    help="examples per attack call (default: 128 on the CPU, 500 on a GPU; the figures do not change)")
     ev.add_argument("--cascade", action="store_true",
                     help="run each attack only on the examples every earlier attack failed on: the same worst case, "
                          "cheaper; later attacks' own figures become cumulative (default: the run's eval.cascade)")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .attacks import CW, FGSM, PGD, autoattack
+from .attacks import APGD, CW, FGSM, PGD, autoattack
 from .attacks.base import eval_mode
 from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
@@ -43,12 +43,7 @@ UNSEEN_LAMBDAS = (0.05, 0.25, 0.5, 0.7, 0.9)
 MASKING_GAP = 0.05  # PGD above AutoAttack by more than this: suspect gradient masking
 
 _STEPPED = re.compile(r"^(pgd|cw)-(\d+)(?:x(\d+))?$")
-_AUTOATTACK = {
-    "autoattack": ("standard", None),
-    "apgd": ("custom", ["apgd-ce", "apgd-t"]),
-    "apgd-ce": ("custom", ["apgd-ce"]),
-    "apgd-t": ("custom", ["apgd-t"]),
-}
+_AUTOATTACK = ("autoattack", "apgd", "apgd-ce", "apgd-t")
 
 
 @dataclass(frozen=True)
@@ -84,27 +79,56 @@ def parse_attack(name: str) -> AttackSpec:
     )
 
 
-def _robust_flags(spec: AttackSpec, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lam: float, eps: float,
-                  seed: int, batch_size: int, ids: torch.Tensor) -> torch.Tensor:
-    """Per example: still classified correctly after the attack (x holds clean-correct examples;
-    ``ids``, their test-set indices, give PGD and CW each example's own random start)."""
-    if spec.is_autoattack:
-        version, attacks = _AUTOATTACK[spec.name]
-        result = autoattack(model, x, y, lam, eps, version=version, attacks=attacks,
-                            batch_size=batch_size, seed=seed, device=x.device)
-        return result.robust.to(x.device)
-    if spec.family == "fgsm":
-        attack = FGSM(eps)
-    else:
-        cls = PGD if spec.family == "pgd" else CW
-        attack = cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed)
+def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
+                  examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
+                  ids: torch.Tensor) -> torch.Tensor:
+    """Per attacked (λ, example) pair: still classified correctly after the attack.
+
+    ``examples`` (on x's device): each pair's row of ``x_all``, clean-correct ones only; ``lam``:
+    one float for every pair, or a CPU tensor with each pair's λ; ``ids`` (CPU): each pair's
+    test-set index, which fixes its random starts in PGD, CW and APGD whatever its batch holds.
+    """
+    if spec.name == "autoattack":
+        return _autoattack_flags(model, x_all, y_all, examples, lam, eps, seed, batch_size)
+    attack = _make_attack(spec, eps, seed)
     flags = []
-    for start in range(0, len(y), batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        x_adv = attack(model, xb, yb, lam, example_ids=ids[start:start + batch_size])
-        with torch.no_grad():
-            flags.append(model(x_adv, lam).argmax(1) == yb)
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool, device=x.device)
+    for start in range(0, len(examples), batch_size):
+        chunk = slice(start, start + batch_size)
+        xb, yb = x_all[examples[chunk]], y_all[examples[chunk]]
+        lb = lam[chunk] if isinstance(lam, torch.Tensor) else lam
+        robust = torch.ones_like(yb, dtype=torch.bool)
+        for part in attack:  # "apgd": APGD-T only on what APGD-CE left, as AutoAttack runs them
+            keep = robust.nonzero().squeeze(1)
+            lk = lb[keep.cpu()] if isinstance(lb, torch.Tensor) else lb
+            x_adv = part(model, xb[keep], yb[keep], lk, example_ids=ids[chunk][keep.cpu()])
+            with torch.no_grad():
+                robust[keep] = model(x_adv, lk).argmax(1) == yb[keep]
+        flags.append(robust)
+    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool, device=x_all.device)
+
+
+def _make_attack(spec: AttackSpec, eps: float, seed: int) -> list:
+    """The attack objects a spec runs, in order (several only for ``apgd``)."""
+    if spec.family == "fgsm":
+        return [FGSM(eps)]
+    if spec.family in ("pgd", "cw"):
+        cls = PGD if spec.family == "pgd" else CW
+        return [cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed)]
+    losses = {"apgd-ce": ["ce"], "apgd-t": ["dlr-targeted"], "apgd": ["ce", "dlr-targeted"]}[spec.name]
+    return [APGD(eps, loss=loss, seed=seed) for loss in losses]
+
+
+def _autoattack_flags(model, x_all, y_all, examples, lam, eps, seed, batch_size) -> torch.Tensor:
+    """The standard AutoAttack through the package, which takes one λ at a time."""
+    flags = torch.zeros(len(examples), dtype=torch.bool, device=x_all.device)
+    values = lam.unique().tolist() if isinstance(lam, torch.Tensor) else [lam]
+    for value in values:
+        pick = (lam == value).nonzero().squeeze(1) if isinstance(lam, torch.Tensor) else torch.arange(len(examples))
+        chosen = examples[pick.to(examples.device)]
+        result = autoattack(model, x_all[chosen], y_all[chosen], value, eps, version="standard",
+                            batch_size=batch_size, seed=seed, device=x_all.device)
+        flags[pick.to(flags.device)] = result.robust.to(flags.device)
+    return flags
 
 
 def _noise(p: float, n: int) -> float:
@@ -154,6 +178,17 @@ def subset_indices(size: int, n: int | None, seed: int) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n].sort().values
 
 
+CPU_BATCH_SIZE = 128
+DEVICE_BATCH_SIZE = 500
+
+
+def default_batch_size(device: torch.device) -> int:
+    """Examples per attack call: 128 on the CPU, where larger batches fall out of the caches (PGD-20
+    on the Fashion-MNIST CNN costs 1.9× as much per example in batches of 512 as of 128; see
+    docs/benchmarks.md), 500 on an accelerator, which wants full batches."""
+    return CPU_BATCH_SIZE if torch.device(device).type == "cpu" else DEVICE_BATCH_SIZE
+
+
 def evaluate(
     model: nn.Module,
     dataset,
@@ -162,12 +197,13 @@ def evaluate(
     eps: float = 8 / 255,
     n: int | None = None,
     seed: int = 0,
-    batch_size: int = 500,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     show_progress: bool = False,
     dataset_name: str | None = None,
     split: str = "test",
     cascade: bool = False,
+    mix_lambdas: bool | None = None,
 ) -> dict:
     """Evaluate ``model`` at every λ in ``lambdas`` with every attack in ``attacks``.
 
@@ -179,6 +215,15 @@ def evaluate(
     ``per_example``: which examples were correct clean and under every attack, as
     :func:`pack_flags` strings in subset order), ``cascade``, ``flags`` and ``seconds``;
     accuracies are fractions in [0, 1]. ``cascade``: see the module docstring.
+
+    ``batch_size``: examples per attack call; None: :func:`default_batch_size` for the device.
+    The figures do not depend on it (except the full ``autoattack``'s, whose starts the package
+    draws batch by batch).
+
+    ``mix_lambdas``: attack the (λ, example) pairs of every λ together, in batches of
+    ``batch_size`` pairs with one λ per example, instead of one λ after another. The figures are
+    the same (each example's attack depends only on its own λ, its id and the seed); the batches
+    are fuller, which pays on an accelerator, hence the default: on for anything but the CPU.
     """
     specs = [parse_attack(a) for a in attacks]
     lambdas = [float(v) for v in lambdas]
@@ -199,32 +244,49 @@ def evaluate(
     y_all = labels[index].to(device)
     total = len(y_all)
 
+    if mix_lambdas is None:
+        mix_lambdas = device.type != "cpu"
+    batch_size = default_batch_size(device) if batch_size is None else batch_size
+    groups = [list(range(len(lambdas)))] if mix_lambdas else [[k] for k in range(len(lambdas))]
     started = time.perf_counter()
-    points = []
-    progress = Progress(len(lambdas) * (1 + len(specs)), "eval", enabled=show_progress)
+    correct = torch.zeros(len(lambdas), total, dtype=torch.bool, device=device)
+    worst = correct.clone()
+    robust = {spec.name: correct.clone() for spec in specs}
+    progress = Progress(len(groups) * (1 + len(specs)), "eval", enabled=show_progress)
     with eval_mode(model):
-        for li, lam in enumerate(lambdas):
+        for gi, group in enumerate(groups):
+            # The group's (λ, example) pairs, λ-major: pair p is example p % total at λ group[p // total].
+            examples = torch.arange(total, device=device).repeat(len(group))
+            pair_lam = torch.tensor([lambdas[k] for k in group], dtype=torch.float32).repeat_interleave(total)
+            lam = pair_lam if len(group) > 1 else lambdas[group[0]]
+            ids = index.repeat(len(group))
+            label = "λ=" + ",".join(f"{lambdas[k]:g}" for k in group)
             with torch.no_grad():
-                predictions = torch.cat([model(x_all[s:s + batch_size], lam).argmax(1)
-                                         for s in range(0, total, batch_size)])
-            correct = predictions == y_all
-            worst = correct.clone()
-            robust = {}
-            step = li * (1 + len(specs)) + 1
-            progress.update(step, f"λ={lam:g} clean {correct.float().mean().item():.3f}")
+                predictions = torch.cat([model(x_all[examples[s:s + batch_size]],
+                                               lam[s:s + batch_size] if len(group) > 1 else lam).argmax(1)
+                                         for s in range(0, len(examples), batch_size)])
+            clean = (predictions == y_all[examples]).view(len(group), total)
+            correct[group], worst[group] = clean, clean
+            step = gi * (1 + len(specs)) + 1
+            progress.update(step, f"{label} clean {clean.float().mean().item():.3f}")
             for si, spec in enumerate(specs):
-                attacked = (worst if cascade else correct).nonzero().squeeze(1)
-                flags = torch.zeros_like(correct)
+                attacked = (worst[group] if cascade else clean).flatten().nonzero().squeeze(1)
+                flags = torch.zeros(len(examples), dtype=torch.bool, device=device)
                 if attacked.numel():
-                    flags[attacked] = _robust_flags(spec, model, x_all[attacked], y_all[attacked], lam, eps, seed,
-                                                    batch_size, index[attacked.cpu()])
-                robust[spec.name] = flags.float().mean().item()
-                worst &= flags
-                progress.update(step + si + 1, f"λ={lam:g} {spec.name} {robust[spec.name]:.3f}")
-            points.append({"lambda": lam, "clean": correct.float().mean().item(), "robust": robust,
-                           "robust_worst": worst.float().mean().item(),
-                           # which examples: lets a comparison bootstrap over the shared test subset
-                           "per_example": {"clean": pack_flags(correct), "robust_worst": pack_flags(worst)}})
+                    on_host = attacked.cpu()
+                    flags[attacked] = _robust_flags(spec, model, x_all, y_all, examples[attacked],
+                                                    pair_lam[on_host] if len(group) > 1 else lam, eps, seed,
+                                                    batch_size, ids[on_host])
+                robust[spec.name][group] = flags.view(len(group), total)
+                worst[group] &= robust[spec.name][group]
+                progress.update(step + si + 1, f"{label} {spec.name} {flags.float().mean().item():.3f}")
+    points = []
+    for k, lam in enumerate(lambdas):
+        points.append({"lambda": lam, "clean": correct[k].float().mean().item(),
+                       "robust": {name: flags[k].float().mean().item() for name, flags in robust.items()},
+                       "robust_worst": worst[k].float().mean().item(),
+                       # which examples: lets a comparison bootstrap over the shared test subset
+                       "per_example": {"clean": pack_flags(correct[k]), "robust_worst": pack_flags(worst[k])}})
     return {
         "dataset": dataset_name,
         "split": split,

@@ -161,7 +161,7 @@ def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None
 
 
 def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
-                 seed: int = 0, batch_size: int = 500, data_root: str | None = None,
+                 seed: int = 0, batch_size: int | None = None, data_root: str | None = None,
                  show_progress: bool = False, splits: datasets.Splits | None = None, cascade: bool = False) -> dict:
     """Evaluate a loaded run on its own dataset's test split (ε defaults to the training ε);
     the result is :func:`oat.evaluate`'s dict plus the run's training seconds and epochs."""

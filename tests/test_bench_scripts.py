@@ -41,8 +41,10 @@ def tiny_run(tmp_path_factory):
 
 
 def test_eval_bench_times_evaluate_against_its_parts_and_the_cascade(tiny_run):
-    text = bench("bench/eval.py", "--checkpoint", str(tiny_run), "--n", "30", "--attacks", "fgsm,pgd-2",
+    text = bench("bench/eval.py", "--checkpoint", str(tiny_run), "--n", "30", "--attacks", "fgsm,pgd-2,apgd-ce",
                  "--threads", "1", "--device", "cpu")
     found = ratios(text)
-    assert set(found) == {"evaluate/parts", "cascade/evaluate"} and all(v > 0 for v in found.values())
-    assert re.search(r"worst-case outcomes that differ with the cascade: 0 of 240", text)  # PGD: per-example starts
+    assert set(found) == {"evaluate/parts", "cascade/evaluate", "default/evaluate", "mixed/evaluate"}
+    assert all(v > 0 for v in found.values())
+    # per-example starts: neither the cascade, nor the batch size, nor mixing λ changes an outcome
+    assert "outcomes (of 240) that differ from evaluate: cascade 0, default 0, mixed 0" in text

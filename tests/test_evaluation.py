@@ -1,5 +1,6 @@
-"""evaluate(): the cascade measures the same worst case for less, and an example's attack does not
-depend on which other examples share its batch."""
+"""evaluate(): the cascade measures the same worst case for less, several λ in one batch give the
+same figures as one λ at a time, and an example's attack does not depend on which other examples
+share its batch (PGD, CW and APGD alike)."""
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ import torch.nn.functional as F
 
 import models
 import oat
-from oat.attacks import CW, PGD
+from oat.attacks import APGD, CW, PGD, autoattack
 from oat.datasets.base import dataset_tensors, to_unit
 from oat.passes import PassCounter
 
@@ -70,7 +71,9 @@ def test_the_cascade_is_part_of_the_protocol(model, digits):
     assert check_same_protocol([("old", old), ("new", runs[0])]) == []
 
 
-@pytest.mark.parametrize("attack", [PGD(0.1, steps=3, restarts=2, seed=5), CW(0.1, steps=3, seed=5)])
+@pytest.mark.parametrize("attack", [PGD(0.1, steps=3, restarts=2, seed=5), CW(0.1, steps=3, seed=5),
+                                    APGD(0.1, steps=10, restarts=2, seed=5),
+                                    APGD(0.1, loss="dlr-targeted", steps=10, target_classes=3, seed=5)])
 def test_an_examples_attack_does_not_depend_on_its_batch(model, digits, attack):
     images, labels = dataset_tensors(digits.test)
     x, y = to_unit(images[:40]), labels[:40]
@@ -88,3 +91,38 @@ def test_example_ids_must_name_one_id_per_example_on_the_cpu(model):
     x, y = torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.long)
     with pytest.raises(ValueError, match="example_ids must be a CPU tensor of shape \\[4\\]"):
         PGD(0.1, steps=1, seed=0)(model, x, y, 0.0, example_ids=torch.arange(3))
+
+
+@pytest.mark.parametrize("cascade", [False, True])
+def test_several_lambdas_in_one_batch_give_the_figures_of_one_at_a_time(model, digits, cascade):
+    common = dict(eps=0.1, n=120, seed=1, batch_size=50, cascade=cascade)  # batches straddle two λ
+    attacks = ["fgsm", "pgd-3", "apgd-ce"]
+    apart = oat.evaluate(model, digits, [0.0, 0.5, 1.0], attacks, mix_lambdas=False, **common)
+    mixed = oat.evaluate(model, digits, [0.0, 0.5, 1.0], attacks, mix_lambdas=True, **common)
+    assert [p["per_example"] for p in apart["points"]] == [p["per_example"] for p in mixed["points"]]
+    assert [p["robust"] for p in apart["points"]] == [p["robust"] for p in mixed["points"]]
+    assert 0 < mixed["points"][2]["robust_worst"] < mixed["points"][2]["robust"]["fgsm"]  # the attacks bite
+
+
+def test_apgd_is_as_strong_as_the_packages(model, digits):
+    images, labels = dataset_tensors(digits.test)
+    x, y = to_unit(images[:80]), labels[:80]
+    ours = APGD(0.1, seed=0)(model, x, y, 1.0, example_ids=torch.arange(80))
+    with torch.no_grad():
+        robust = model(ours, 1.0).argmax(1) == y
+    package = autoattack(model, x, y, 1.0, eps=0.1, version="custom", attacks=["apgd-ce"]).robust
+    assert 0 < int(package.sum()) < 80  # the attack bites and leaves some
+    assert abs(int(robust.sum()) - int(package.sum())) <= 2  # the same attack from other random starts
+    assert (ours - x).abs().max() <= 0.1 + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+    assert torch.equal(ours[robust], x[robust]) and not torch.equal(ours[~robust], x[~robust])  # unbroken: x itself
+
+
+def test_apgd_takes_one_lambda_per_example(model, digits):
+    images, labels = dataset_tensors(digits.test)
+    x, y, ids = to_unit(images[:30]), labels[:30], torch.arange(30)
+    lam = torch.tensor([0.0, 1.0] * 15)
+    mixed = APGD(0.1, steps=10, seed=2)(model, x, y, lam, example_ids=ids)
+    for value in (0.0, 1.0):
+        part = (lam == value).nonzero().squeeze(1)
+        assert torch.equal(APGD(0.1, steps=10, seed=2)(model, x[part], y[part], value, example_ids=ids[part]),
+                           mixed[part])

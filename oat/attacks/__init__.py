@@ -8,6 +8,7 @@ Every attack is called as ``attack(model, x, y, lam)`` with ``lam`` a float, a t
 ``pyautoattack`` package at one λ; :func:`fosc` measures how well an inner maximisation was solved.
 """
 
+from .apgd import APGD
 from .autoattack import AutoAttackResult, autoattack
 from .base import Attack
 from .cw import CW
@@ -17,6 +18,7 @@ from .pgd import PGD, reference_step_size
 from .trades import TradesKL
 
 __all__ = [
+    "APGD",
     "Attack",
     "AutoAttackResult",
     "CW",

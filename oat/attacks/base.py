@@ -148,6 +148,7 @@ class Attack(ABC):
     """
 
     check_inputs: bool = True
+    freezes_lambda: bool = True  # build one frozen conditioning for the whole call (False: the attack does)
 
     def __init__(
         self,
@@ -188,7 +189,8 @@ class Attack(ABC):
             raise ValueError(f"example_ids must be a CPU tensor of shape [{x.shape[0]}], one id per example")
         x = x.detach()
         with eval_mode(model), torch.enable_grad():
-            x_adv = self.perturb(model, x, y, frozen_lambda(model, lam, x), example_ids)
+            lam = frozen_lambda(model, lam, x) if self.freezes_lambda else lam
+            x_adv = self.perturb(model, x, y, lam, example_ids)
         return x_adv.detach()
 
     @abstractmethod
