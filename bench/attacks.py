@@ -9,7 +9,7 @@ Two attacks on the Fashion-MNIST preset's network (the λ-conditioned small CNN,
   passes (uniform start, sign step, projection, the first misclassified iterate kept);
 - TRADES' KL inner maximisation as training runs it (``oat.attacks.TradesKL``, 10 steps, batch
   128): one clean forward, then 10 steps of forward + input backward, against the same loop.
-The two sides alternate, so drift in the machine's speed hits both; each prints the median time
+The two sides alternate, in alternating order, so drift in the machine's speed hits both; each prints the median time
 per call and ``ratio X/floor`` (medians; below 1 is faster than the floor). On a CUDA device the
 loops run under bf16 autocast and the device is synchronised before each clock reading.
 """
@@ -65,9 +65,10 @@ def trades_floor(model, x, lam, eps, alpha, steps, generator):
 def compare(name: str, ours, floor, repeats: int, device: torch.device) -> None:
     ours(), floor()  # warm-up
     times = {"ours": [], "floor": []}
-    for _ in range(repeats):
-        times["ours"].append(timed(ours, device))
-        times["floor"].append(timed(floor, device))
+    for repeat in range(repeats):  # the order alternates: whichever runs first in a pair is not favoured
+        pair = [("ours", ours), ("floor", floor)]
+        for side, call in pair if repeat % 2 == 0 else pair[::-1]:
+            times[side].append(timed(call, device))
     mine, base = statistics.median(times["ours"]), statistics.median(times["floor"])
     print(f"{name:10s} oat {mine * 1000:8.1f} ms   floor {base * 1000:8.1f} ms   ratio {name}/floor {mine / base:.3f}")
 
