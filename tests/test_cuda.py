@@ -117,3 +117,21 @@ def test_cuda_attacks_and_evaluation_agree_with_the_cpu():
     gpu = PGD(0.1, steps=5, seed=0)(net.cuda(), x.cuda(), y.cuda(), 0.5, example_ids=ids).cpu()
     assert (cpu - gpu).abs().max() <= 0.1 * 2  # same starts; sign steps may part where gradients are tiny
     assert F.cross_entropy(net(gpu.cuda(), 0.5), y.cuda()) >= F.cross_entropy(net(x.cuda(), 0.5), y.cuda())
+
+
+@cuda
+def test_cuda_evaluation_mixes_lambdas_by_default_with_the_figures_of_one_at_a_time():
+    import oat
+
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_shape=(1, 8, 8), channels=(4, 8)).cuda().eval()
+    digits = oat.datasets.load("digits")
+    common = dict(eps=0.1, n=60, seed=0, device="cuda", cascade=True)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # TF32 rounding would depend on the batch's kernels, not on oat
+    try:
+        mixed = oat.evaluate(net, digits, [0.0, 0.5, 1.0], ["pgd-3", "apgd-ce"], **common)  # the default on CUDA
+        apart = oat.evaluate(net, digits, [0.0, 0.5, 1.0], ["pgd-3", "apgd-ce"], mix_lambdas=False, **common)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    assert [p["per_example"] for p in mixed["points"]] == [p["per_example"] for p in apart["points"]]
