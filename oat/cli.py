@@ -95,7 +95,7 @@ def cmd_eval(args) -> int:
     from .checkpoint import write_text_atomic
     from .distributed import set_threads
     from .evaluation import print_table
-    from .runs import check_eps, default_lambdas, evaluate_run, load_run, run_data
+    from .runs import check_eps, default_lambdas, evaluate_run, load_run, run_data, saved_eval
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
     _check_eval_args(args)
@@ -106,17 +106,21 @@ def cmd_eval(args) -> int:
     if checkpoint.is_dir():
         checkpoint = checkpoint / "checkpoint.pt"
     model, state = load_run(checkpoint, args.device)
+    # Every setting a flag leaves open comes from the run's own eval section, as `oat frontier` does.
+    saved = saved_eval(state)
     lambdas = lambdas or default_lambdas(state)
-    attacks = [a for a in args.attacks.split(",") if a.strip()] if args.attacks else state["config"]["eval"]["attacks"]
-    eps = state["eps"] if args.eps is None else args.eps
-    n = args.n if args.n is not None else state["config"]["eval"]["n"]
+    attacks = [a for a in args.attacks.split(",") if a.strip()] if args.attacks else saved.attacks
+    eps = args.eps if args.eps is not None else saved.eps if saved.eps is not None else state["eps"]
+    n = args.n if args.n is not None else saved.n
+    seed = args.seed if args.seed is not None else saved.seed
+    batch_size = args.batch_size if args.batch_size is not None else saved.batch_size
     try:
         splits = run_data(state, args.data_root)
-        check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the training ε of {checkpoint}:")
+        check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the ε of {checkpoint}:")
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
-    cascade = args.cascade or bool(state["config"]["eval"].get("cascade", False))
-    result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=args.seed, batch_size=args.batch_size,
+    cascade = args.cascade or saved.cascade
+    result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
                           show_progress=not args.quiet, splits=splits, cascade=cascade)
     result["checkpoint"] = str(checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / "eval.json"
@@ -221,14 +225,17 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint (or --out) and prints a table.")
     ev.add_argument("--checkpoint", required=True,
                     help="checkpoint.pt, or its run directory (then eval.json goes into that directory)")
-    ev.add_argument("--lambdas", help="comma-separated λ values (default: training values plus 0.05,0.25,0.5,0.7,0.9)")
+    ev.add_argument("--lambdas", help="comma-separated λ values (default: the run's eval.lambdas, else its training "
+                                      "values plus 0.05,0.25,0.5,0.7,0.9)")
     ev.add_argument("--attacks", help="comma-separated: fgsm, pgd-N, pgd-NxR, cw-N, autoattack, apgd "
                                       "(default: the config's eval.attacks)")
-    ev.add_argument("--eps", type=float, help="L∞ radius (default: the training ε)")
-    ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples")
-    ev.add_argument("--seed", type=int, default=0, help="seed of the subset and the attacks' random starts")
+    ev.add_argument("--eps", type=float, help="L∞ radius (default: the run's eval.eps, else its training ε)")
+    ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples (default: the run's eval.n)")
+    ev.add_argument("--seed", type=int, help="seed of the subset and the attacks' random starts (default: the run's "
+                                             "eval.seed)")
     ev.add_argument("--batch-size", type=int, default=None,
-                    help="examples per attack call (default: 128 on the CPU, 500 on a GPU; the figures do not change)")
+                    help="examples per attack call (default: the run's eval.batch_size, else 128 on the CPU and 500 "
+                         "on a GPU; the figures do not change)")
     ev.add_argument("--cascade", action="store_true",
                     help="run each attack only on the examples every earlier attack failed on: the same worst case, "
                          "cheaper; later attacks' own figures become cumulative (default: the run's eval.cascade)")

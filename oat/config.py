@@ -7,6 +7,7 @@ with the expected type named, and the fully resolved config is saved beside ever
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -96,7 +97,6 @@ class TrainConfig:
     grad_clip: float | None = None
     fosc_every: int = 4  # probe the training attack's FOSC on every Nth batch (≤ 1% of training's passes)
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS, else the cores not already busy
-    workers: int = 0
     awp: AWPConfig = field(default_factory=AWPConfig)
 
 
@@ -139,6 +139,8 @@ def from_dict(data: Any, cls: type = Config, where: str = "") -> Any:
     values = {}
     for key, value in data.items():
         path = f"{where}.{key}" if where else str(key)
+        if path in RETIRED:
+            raise ConfigError(f"config key '{path}' was removed: {RETIRED[path]}")
         if key not in known:
             close = difflib.get_close_matches(str(key), known, n=1)
             hint = f" (did you mean '{(where + '.' if where else '') + close[0]}'?)" if close else ""
@@ -199,7 +201,6 @@ _RANGES = {
     "train.threads": (lambda v: v is None or v >= 1, "null or at least 1"),
     "train.grad_clip": (lambda v: v is None or (_finite(v) and v > 0), "null or a positive number"),
     "train.fosc_every": (lambda v: v >= 1, "at least 1"),
-    "train.workers": (lambda v: v >= 0, "an integer ≥ 0"),
     "train.awp.gamma": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0 (0 disables AWP)"),
     "train.awp.warmup_epochs": (lambda v: v >= 0, "an integer ≥ 0"),
     "optim.lr": (lambda v: _finite(v) and v > 0, "a finite positive number"),
@@ -277,7 +278,24 @@ def check_config(config: Config) -> None:
 
 # Keys that cannot change what training produces: where the data lives, the device, the thread
 # count, and the evaluation settings (an evaluation is matched by its own protocol instead).
-RESULT_NEUTRAL = ("data.root", "data.download", "train.device", "train.threads", "train.workers", "eval")
+RESULT_NEUTRAL = ("data.root", "data.download", "train.device", "train.threads", "eval")
+
+# Keys an older oat wrote that mean nothing now: dropped from a saved run's config, refused with
+# the reason in a config a user writes.
+RETIRED = {"train.workers": "it never did anything (training slices the data in memory, no DataLoader)"}
+
+
+def saved_config(data: dict) -> Config:
+    """The :class:`Config` of a saved run's config dict, an older oat's included."""
+    data = copy.deepcopy(data) if isinstance(data, dict) else data
+    for key in RETIRED:
+        *parents, name = key.split(".")
+        node = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(name, None)
+    return from_dict(data)
 
 
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
@@ -295,7 +313,7 @@ def config_differences(saved: Config | dict, wanted: Config | dict) -> list[str]
     """``key: saved → wanted`` for every key, outside :data:`RESULT_NEUTRAL`, where the two
     configs differ (a saved dict from an older oat gets today's defaults first)."""
     def flat(config):
-        config = config if isinstance(config, Config) else from_dict(config)
+        config = config if isinstance(config, Config) else saved_config(config)
         return _flatten(config.to_dict())
 
     old, new = flat(saved), flat(wanted)

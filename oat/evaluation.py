@@ -81,16 +81,20 @@ def parse_attack(name: str) -> AttackSpec:
 
 def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
                   examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
-                  ids: torch.Tensor) -> torch.Tensor:
+                  ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
     """Per attacked (λ, example) pair: still classified correctly after the attack.
 
     ``examples`` (on x's device): each pair's row of ``x_all``, clean-correct ones only; ``lam``:
     one float for every pair, or a CPU tensor with each pair's λ; ``ids`` (CPU): each pair's
-    test-set index, which fixes its random starts in PGD, CW and APGD whatever its batch holds.
+    test-set index, which fixes its random starts in PGD, CW and APGD whatever its batch holds;
+    ``bounds``: the input box (the dataset's), which every attack stays in.
     """
+    if spec.is_autoattack and bounds != (0.0, 1.0):
+        raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); these lie in "
+                         f"{'the reals' if bounds is None else list(bounds)}: use pgd-N or cw-N")
     if spec.name == "autoattack":
         return _autoattack_flags(model, x_all, y_all, examples, lam, eps, seed, batch_size)
-    attack = _make_attack(spec, eps, seed)
+    attack = _make_attack(spec, eps, seed, bounds)
     flags = []
     for start in range(0, len(examples), batch_size):
         chunk = slice(start, start + batch_size)
@@ -107,13 +111,13 @@ def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all
     return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool, device=x_all.device)
 
 
-def _make_attack(spec: AttackSpec, eps: float, seed: int) -> list:
+def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, float] | None) -> list:
     """The attack objects a spec runs, in order (several only for ``apgd``)."""
     if spec.family == "fgsm":
-        return [FGSM(eps)]
+        return [FGSM(eps, bounds=bounds)]
     if spec.family in ("pgd", "cw"):
         cls = PGD if spec.family == "pgd" else CW
-        return [cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed)]
+        return [cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed, bounds=bounds)]
     losses = {"apgd-ce": ["ce"], "apgd-t": ["dlr-targeted"], "apgd": ["ce", "dlr-targeted"]}[spec.name]
     return [APGD(eps, loss=loss, seed=seed) for loss in losses]
 
@@ -208,7 +212,7 @@ def evaluate(
     """Evaluate ``model`` at every λ in ``lambdas`` with every attack in ``attacks``.
 
     ``dataset``: a torch Dataset of ([0, 1] image, label) pairs, or :class:`oat.datasets.Splits`
-    (its test split is used). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
+    (its test split is used, and its input bounds bind every attack). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
     ``eps``, ``norm``, ``subset`` (a fingerprint of the test examples used, so that comparisons can
     check every model saw the same ones; see :mod:`oat.protocol`), ``attacks``, ``seed``,
     ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``, and
@@ -231,7 +235,9 @@ def evaluate(
         as_lambda(lam, 1)
     if not lambdas:
         raise ValueError("no λ values to evaluate")
+    bounds = (0.0, 1.0)
     if hasattr(dataset, "info") and hasattr(dataset, "test"):
+        bounds = dataset.info.bounds
         dataset_name = dataset_name or dataset.info.name
         split = dataset.test_name  # "validation" for a split carved from the training set
         dataset = dataset.test
@@ -276,7 +282,7 @@ def evaluate(
                     on_host = attacked.cpu()
                     flags[attacked] = _robust_flags(spec, model, x_all, y_all, examples[attacked],
                                                     pair_lam[on_host] if len(group) > 1 else lam, eps, seed,
-                                                    batch_size, ids[on_host])
+                                                    batch_size, ids[on_host], bounds)
                 robust[spec.name][group] = flags.view(len(group), total)
                 worst[group] &= robust[spec.name][group]
                 progress.update(step + si + 1, f"{label} {spec.name} {flags.float().mean().item():.3f}")

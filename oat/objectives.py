@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import PGD, TradesKL
+from .attacks import PGD, TradesKL, reference_step_size
 from .attacks.base import kl_divergence
 from .lam import as_lambda
 
@@ -328,13 +328,13 @@ def _check_number(family: str, name: str, value, positive: bool = False, unit: b
     return value
 
 
-def _pgd_attack(eps, alpha, steps):
+def _pgd_attack(eps, alpha, steps, bounds):
     # Training PGD: plain Madry PGD, one random start, the final iterate (best=False).
-    return PGD(eps, alpha=alpha, steps=steps, restarts=1, random_start=True, loss="ce", best=False)
+    return PGD(eps, alpha=alpha, steps=steps, restarts=1, random_start=True, loss="ce", best=False, bounds=bounds)
 
 
-def _trades_attack(eps, alpha, steps):
-    return TradesKL(eps, alpha, steps)
+def _trades_attack(eps, alpha, steps, bounds):
+    return TradesKL(eps, alpha, steps, bounds=bounds)
 
 
 ATTACK_KINDS = {"pgd": _pgd_attack, "trades": _trades_attack}
@@ -359,13 +359,16 @@ def make_objective(
     eps: float | None = None,
     alpha: float | None = None,
     steps: int | None = None,
+    bounds: tuple[float, float] | None = (0.0, 1.0),
     **params,
 ) -> Objective:
     """Build the objective family ``name`` ("pgd", "trades", "mixed", "mart").
 
     Either pass a ready ``attack`` or let the family build its own from ``eps``, ``alpha`` and
     ``steps`` (default 10): CE-PGD in training form (``best=False``) for pgd, mixed and mart,
-    TRADES' KL attack for trades (``alpha`` defaults to the attacks' 2.5·ε/steps). ``mixed``
+    TRADES' KL attack for trades; ``alpha=None`` is the OAT reference's step
+    :func:`~oat.attacks.reference_step_size`, as ``attack.alpha: null`` is in a config; ``bounds``
+    is the input box the attack stays in (the dataset's, ``None`` for unbounded inputs). ``mixed``
     takes ``attack_kind="trades"`` to use the KL attack instead. Unknown names and parameters
     raise ``ValueError``.
     """
@@ -386,8 +389,8 @@ def make_objective(
     if attack is None:
         if eps is None:
             raise ValueError(f"objective {name!r} needs eps (or a ready attack)")
-        # alpha=None leaves the step size to the attack (2.5·ε/steps for both kinds).
-        attack = ATTACK_KINDS[kind](eps, alpha, 10 if steps is None else steps)
+        steps = 10 if steps is None else steps
+        attack = ATTACK_KINDS[kind](eps, reference_step_size(eps, steps) if alpha is None else alpha, steps, bounds)
     elif eps is not None or alpha is not None or steps is not None or "attack_kind" in params:
         raise ValueError("pass either a ready attack or eps/alpha/steps/attack_kind to build one, not both")
     params.pop("attack_kind", None)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import models
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, from_dict
+from .config import ConfigError, EvalConfig, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate
 from .trainer import build_model
@@ -62,7 +62,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
 def _check_entries(state: dict, path: Path) -> None:
     """The entries evaluation reads besides the network: a readable config, ε, epochs, seconds."""
     try:
-        from_dict(state["config"])
+        saved_config(state["config"])
     except ConfigError as error:
         raise CheckpointError(f"{path}: its saved config is not one this oat can read ({error})") from None
     for key, test in (("eps", lambda v: math.isfinite(v) and v >= 0), ("epoch", lambda v: v >= 0),
@@ -176,9 +176,17 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     return result
 
 
+def saved_eval(state: dict) -> EvalConfig:
+    """The run's own ``eval`` section (what ``oat eval`` uses where no flag says otherwise)."""
+    return saved_config(state["config"]).eval
+
+
 def default_lambdas(state: dict) -> list[float]:
-    """The training λ values plus unseen ones (a plain network: its one training λ; a
-    categorical encoding knows only its training values)."""
+    """The run's ``eval.lambdas`` when set; else the training λ values plus unseen ones (a plain
+    network: its one training λ; a categorical encoding knows only its training values)."""
+    chosen = saved_eval(state).lambdas
+    if chosen:
+        return [float(v) for v in chosen]
     trained = [float(v) for v in state.get("train_lambdas", [])]
     spec = state["model_spec"]
     if not spec["conditioned"]:

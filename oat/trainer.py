@@ -32,7 +32,7 @@ from .attacks.base import eval_mode
 from .awp import AWP
 from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
                          write_text_atomic)
-from .config import Config, ConfigError, check_config, config_differences, dump_config, from_dict
+from .config import Config, ConfigError, check_config, config_differences, dump_config, saved_config
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
 from .objectives import make_objective
@@ -269,7 +269,7 @@ def resumed_config(state: dict, wanted: Config | None, out_dir: Path) -> Config:
     """The config a resumed run continues with: the saved one, or ``wanted`` when it differs from
     it only in keys that cannot change the result (:data:`oat.config.RESULT_NEUTRAL`)."""
     try:
-        saved = from_dict(state["config"])
+        saved = saved_config(state["config"])
     except ConfigError as error:
         raise CheckpointError(f"{out_dir / CHECKPOINT} holds a config this oat cannot read ({error})") from None
     if wanted is None:
@@ -422,8 +422,8 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
     if cfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     try:
-        objective = make_objective(config.objective.name, eps=exp.eps, alpha=exp.alpha,
-                                   steps=config.attack.steps, **config.objective.params)
+        objective = make_objective(config.objective.name, eps=exp.eps, alpha=exp.alpha, steps=config.attack.steps,
+                                   bounds=exp.splits.info.bounds, **config.objective.params)
         make_sampler(config.lambdas.sampler, seed=cfg.seed, **config.lambdas.params)  # validate early
     except (ValueError, TypeError) as error:
         raise ConfigError(f"objective: {error}") from None

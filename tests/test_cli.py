@@ -92,6 +92,31 @@ def test_eval_refuses_bad_lambdas_and_attacks(tmp_path, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, (extra, err)
 
 
+def test_eval_takes_what_no_flag_sets_from_the_runs_eval_section(tmp_path, capsys):
+    import json
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", DIGITS, "--set", "train.epochs=1", "--set", "attack.steps=1",
+                 "--set", "eval={attacks: [fgsm], lambdas: [0, 1], n: 30, seed: 5, batch_size: 7, eps: 0.2}",
+                 "--out", str(out), "--quiet"]) == 0
+    assert main(["eval", "--checkpoint", str(out), "--quiet"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert ([p["lambda"] for p in result["points"]], result["attacks"]) == ([0.0, 1.0], ["fgsm"])
+    assert (result["n"], result["seed"], result["eps"]) == (30, 5, 0.2)
+    assert main(["eval", "--checkpoint", str(out), "--quiet", "--seed", "0", "--eps", "0.1", "--lambdas", "0.5"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert ([p["lambda"] for p in result["points"]], result["seed"], result["eps"]) == ([0.5], 0, 0.1)
+    capsys.readouterr()
+
+
+def test_a_retired_key_is_refused_in_a_new_config_and_dropped_from_a_saved_one():
+    from oat.config import ConfigError, from_dict, saved_config
+
+    with pytest.raises(ConfigError, match="config key 'train.workers' was removed: it never did anything"):
+        from_dict({"train": {"workers": 2}})
+    assert saved_config({"train": {"workers": 2, "epochs": 3}}).train.epochs == 3
+
+
 def test_a_real_process_exits_2_without_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "oat", "train", "--config", str(tmp_path / "x.yaml")],
                             capture_output=True, text=True, cwd=ROOT)

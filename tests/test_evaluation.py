@@ -126,3 +126,50 @@ def test_apgd_takes_one_lambda_per_example(model, digits):
         part = (lam == value).nonzero().squeeze(1)
         assert torch.equal(APGD(0.1, steps=10, seed=2)(model, x[part], y[part], value, example_ids=ids[part]),
                            mixed[part])
+
+
+def test_the_datasets_input_bounds_bind_every_attack(model, digits, monkeypatch):
+    """DatasetInfo.bounds reaches the attacks: a box other than [0, 1] changes PGD's iterates (the
+    clamp moves), and the APGD family, whose package clips to [0, 1], is refused for it."""
+    import dataclasses
+
+    import oat.evaluation as evaluation
+
+    wide = dataclasses.replace(digits, info=dataclasses.replace(digits.info, bounds=(-1.0, 2.0)))
+    seen = []
+    original = evaluation._make_attack
+    monkeypatch.setattr(evaluation, "_make_attack", lambda *a: seen.append(original(*a)) or seen[-1])
+    oat.evaluate(model, wide, [1.0], ["fgsm", "pgd-2"], eps=0.1, n=20)
+    assert [attack.bounds for attacks in seen for attack in attacks] == [(-1.0, 2.0), (-1.0, 2.0)]
+    with pytest.raises(ValueError, match=r"apgd-ce needs inputs in \[0, 1\].*these lie in \[-1.0, 2.0\]"):
+        oat.evaluate(model, wide, [1.0], ["apgd-ce"], eps=0.1, n=20)
+    unbounded = dataclasses.replace(digits, info=dataclasses.replace(digits.info, bounds=None))
+    with pytest.raises(ValueError, match="autoattack needs inputs in .* these lie in the reals"):
+        oat.evaluate(model, unbounded, [1.0], ["autoattack"], eps=0.1, n=20)
+
+
+def test_training_attacks_stay_in_the_datasets_box():
+    from oat.objectives import make_objective
+
+    assert make_objective("pgd", eps=0.1, bounds=None).attack.bounds is None
+    assert make_objective("trades", eps=0.1, bounds=(-1.0, 1.0)).attack.bounds == (-1.0, 1.0)
+
+
+def test_the_training_loop_hands_its_attack_the_datasets_box(tmp_path, monkeypatch):
+    import dataclasses
+
+    from oat import trainer
+    from oat.config import from_dict
+    from oat.distributed import DistEnv
+
+    load = trainer.datasets.load
+
+    def wide(*args, **kwargs):
+        splits = load(*args, **kwargs)
+        return dataclasses.replace(splits, info=dataclasses.replace(splits.info, bounds=(-1.0, 2.0)))
+
+    monkeypatch.setattr(trainer.datasets, "load", wide)
+    config = from_dict({"data": {"name": "digits"}, "model": {"name": "small_cnn", "options": {"channels": [4, 8]}},
+                        "train": {"epochs": 1, "batch_size": 64}})
+    run = trainer.setup_training(config, tmp_path / "run", None, torch.device("cpu"), DistEnv())
+    assert run.objective.attack.bounds == (-1.0, 2.0)

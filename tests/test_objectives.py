@@ -276,6 +276,9 @@ def test_make_objective_builds_the_families_attacks():
     assert (pgd.attack.eps, pgd.attack.alpha, pgd.attack.steps) == (0.3, 0.01, 40)
     trades = make_objective("trades", eps=0.1, beta_max=10.0)
     assert isinstance(trades.attack, TradesKL) and trades.beta_max == 10.0 and trades.attack.steps == 10
+    # alpha=None: the OAT reference step, as `attack.alpha: null` means in a config
+    assert trades.attack.alpha == pytest.approx(min(1.25 * 0.1, 0.1 + 4 / 255) / 10)
+    assert make_objective("pgd", eps=0.3, steps=7).attack.alpha == pytest.approx(min(0.375, 0.3 + 4 / 255) / 7)
     mixed = make_objective("mixed", eps=0.1)
     assert isinstance(mixed.attack, PGD) and (mixed.mu, mixed.beta) == (0.5, 6.0)
     assert isinstance(make_objective("mixed", eps=0.1, attack_kind="trades").attack, TradesKL)
