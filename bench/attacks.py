@@ -23,7 +23,7 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-import models
+from oat import models
 from oat.attacks import PGD, TradesKL
 from oat.attacks.base import kl_divergence
 from _timing import timed  # noqa: E402  (bench/ is the script's folder)

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-import models
+from oat import models
 from oat.conditioning import conditioning_overhead
 from oat.objectives import make_objective
 from oat.sampling import make_sampler

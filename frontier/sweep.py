@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import models
+from oat import models
 from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
 

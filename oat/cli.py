@@ -131,7 +131,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    from frontier.sweep import load_sweep, parse_shard, run_sweep
+    from oat.frontier.sweep import load_sweep, parse_shard, run_sweep
 
     sweep, base = load_sweep(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem}"
@@ -144,8 +144,8 @@ def cmd_frontier(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from frontier.plot import plot
-    from frontier.report import find_results, write_report
+    from oat.frontier.plot import plot
+    from oat.frontier.report import find_results, write_report
 
     try:
         comparison = find_results(args.dirs, allow_mismatch=args.allow_mismatch)
@@ -165,7 +165,7 @@ def cmd_plot(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from frontier.demo import run_demo
+    from oat.frontier.demo import run_demo
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -182,7 +182,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_bench(args) -> int:
-    from frontier.comparison import bench_config, load_comparison, run_comparison
+    from oat.frontier.comparison import bench_config, load_comparison, run_comparison
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")

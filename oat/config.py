@@ -219,7 +219,7 @@ _RANGES = {
 
 def _choices() -> dict[str, tuple]:
     """key: the names it may take (from the registries, so a new entry is allowed at once)."""
-    import models
+    from oat import models
 
     from . import datasets
     from .datasets.base import AUGMENTATIONS

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-import models
+from oat import models
 
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, EvalConfig, saved_config

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import models
+from oat import models
 
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import models
+from oat import models
 import oat
 from oat.attacks import CW, FGSM, PGD, Attack, AutoAttackResult, TradesKL, autoattack, fosc, reference_step_size
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
+from oat import models
 from oat.awp import AWP, perturbable_weights
 from oat.objectives import make_objective
 

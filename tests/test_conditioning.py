@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-import models
+from oat import models
 import oat
 from oat.conditioning import Conditioning, ConditioningConfig, DualBatchNorm, LambdaNorm
 

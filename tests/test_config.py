@@ -74,7 +74,7 @@ def test_dumped_config_round_trips():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_builds_its_model_objective_and_sampler(path):
-    import models
+    from oat import models
     from oat.objectives import make_objective
     from oat.sampling import make_sampler
     from oat.config import check_config
@@ -90,7 +90,7 @@ def test_every_shipped_config_builds_its_model_objective_and_sampler(path):
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_every_shipped_sweep_config_loads_with_its_base(path):
-    from frontier.sweep import load_sweep, make_points
+    from oat.frontier.sweep import load_sweep, make_points
 
     sweep, base = load_sweep(path)
     points = make_points(sweep, base)
@@ -165,9 +165,9 @@ def test_thread_count_follows_the_config_then_the_environment_then_the_idle_core
 
 @pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
 def test_every_shipped_bench_config_builds_checked_models(path):
-    from frontier.comparison import load_comparison, model_configs
-    from frontier.sweep import make_points
-    from frontier.tasks import Protocol
+    from oat.frontier.comparison import load_comparison, model_configs
+    from oat.frontier.sweep import make_points
+    from oat.frontier.tasks import Protocol
     from oat.config import check_config
 
     oat, base, sweep = model_configs(load_comparison(path))

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
+from oat import models
 from oat.conditioning import Conditioning
 from oat.config import from_dict
 from oat.distributed import DistEnv

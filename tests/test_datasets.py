@@ -290,7 +290,7 @@ def test_a_validation_split_is_carved_from_the_training_set_never_the_test_set()
 
 
 def _tiny_plain_model():
-    import models
+    from oat import models
 
     return models.create("small_cnn", num_classes=10, conditioned=False, input_shape=(1, 8, 8), channels=[4, 8])
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import models
+from oat import models
 import oat
 from oat.attacks import APGD, CW, PGD, autoattack
 from oat.datasets.base import dataset_tensors, to_unit

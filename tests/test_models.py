@@ -4,7 +4,7 @@ automatically), and the published parameter counts."""
 import pytest
 import torch
 
-import models
+from oat import models
 import oat
 from oat.conditioning import LambdaNorm, conditioning_overhead
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import models
+from oat import models
 from oat.attacks import PGD, TradesKL
 from oat.lam import as_lambda
 from oat.objectives import (

@@ -2,7 +2,7 @@
 
 import pytest
 
-from frontier.pareto import deficit, dominates, gap, hypervolume, hypervolume_ratio, non_dominated
+from oat.frontier.pareto import deficit, dominates, gap, hypervolume, hypervolume_ratio, non_dominated
 
 POINTS = [(0.9, 0.1), (0.8, 0.4), (0.5, 0.5), (0.6, 0.3), (0.8, 0.4)]
 

@@ -5,10 +5,10 @@ import json
 import pytest
 import yaml
 
-from frontier.demo import demo_configs, run_demo
-from frontier.plot import Labels, place_labels, plot
-from frontier.report import Comparison, find_results, summarize, write_report
-from frontier.sweep import make_points
+from oat.frontier.demo import demo_configs, run_demo
+from oat.frontier.plot import Labels, place_labels, plot
+from oat.frontier.report import Comparison, find_results, summarize, write_report
+from oat.frontier.sweep import make_points
 from oat.cli import main
 from oat.config import ConfigError
 from oat.protocol import protocol_of

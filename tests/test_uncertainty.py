@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from frontier.uncertainty import bootstrap_ratio, wilson_interval
+from oat.frontier.uncertainty import bootstrap_ratio, wilson_interval
 from oat.evaluation import pack_flags, unpack_flags
 
 
@@ -51,7 +51,7 @@ def test_the_bootstrap_interval_holds_the_ratio_and_shrinks_with_more_examples()
     for n in (400, 4000):
         oat, frontier = _model_points(rng, n, rates_oat), _model_points(rng, n, rates_frontier)
         low, high = bootstrap_ratio(oat, frontier, n, resamples=500, seed=1)
-        from frontier.pareto import hypervolume
+        from oat.frontier.pareto import hypervolume
 
         ratio = hypervolume([(p["clean"], p["robust_worst"]) for p in oat]) / hypervolume(
             [(p["clean"], p["robust_worst"]) for p in frontier])

@@ -20,8 +20,8 @@ import json
 import sys
 from pathlib import Path
 
-from frontier.comparison import run_comparison
-from frontier.demo import DEMO
+from oat.frontier.comparison import run_comparison
+from oat.frontier.demo import DEMO
 
 CANDIDATES = {
     # name: (ε, the OAT model's own settings)

@@ -1,0 +1,64 @@
+"""What `pip install` ships: one top-level package, `oat`, with the repository's models/ and
+frontier/ inside it, and imports that run one way (λ and conditioning ← models ← training and
+evaluation ← comparison ← CLI)."""
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_pip_install_puts_only_oat_at_the_top_of_site_packages(tmp_path):
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    top = sorted(p.name for p in target.iterdir() if p.name != "bin")
+    assert [name for name in top if not name.endswith(".dist-info")] == ["oat"]
+    assert (target / "oat" / "models" / "registry.py").is_file() and (target / "oat" / "frontier" / "pareto.py").is_file()
+    # From another directory, with only the installed copy on the path: oat.models and oat.frontier
+    # import, the generic names do not exist.
+    code = ("import oat.models, oat.frontier.pareto, importlib.util as u; "
+            "assert oat.models.__file__.startswith(%r); "
+            "assert 'small_cnn' in oat.models.names(); "
+            "assert u.find_spec('models') is None and u.find_spec('frontier') is None; print('ok')") % str(target)
+    # -S: no site module, so the editable install's finder (a .pth file) is not loaded; torch and
+    # the other dependencies come from this interpreter's site-packages, put on the path by hand.
+    path = [str(target)] + [p for p in sys.path if p.endswith("site-packages")]
+    result = subprocess.run([sys.executable, "-S", "-c", f"import sys; sys.path[:0] = {path!r}; {code}"],
+                            cwd=tmp_path, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """The absolute module names a source file imports (relative imports resolved in its package)."""
+    folder = path.parent.relative_to(ROOT).parts  # ("oat", "attacks"), ("models",), ("frontier",)
+    package = ".".join(("oat",) + folder[1:]) if folder[0] == "oat" else f"oat.{folder[0]}"
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_imports_run_one_way():
+    assert {"oat.models", "oat.conditioning.Conditioning"} <= _imports(ROOT / "oat" / "trainer.py") | _imports(
+        ROOT / "oat" / "network.py")  # the parser sees absolute and relative imports
+    core = [p for p in (ROOT / "oat").rglob("*.py") if p.name not in ("cli.py", "__main__.py")]
+    for path in core:
+        assert not any(n.startswith("oat.frontier") for n in _imports(path)), f"{path} imports the comparison layer"
+    upward = ("oat.trainer", "oat.evaluation", "oat.runs", "oat.cli", "oat.frontier", "oat.objectives")
+    for path in (ROOT / "models").rglob("*.py"):
+        assert not any(n.startswith(upward) for n in _imports(path)), f"{path} imports a layer above the models"
+    for path in (ROOT / "frontier").rglob("*.py"):
+        assert "oat.cli" not in _imports(path), f"{path} imports the CLI"
