@@ -32,7 +32,9 @@ from oat.protocol import common_protocol
 from .plot import plot
 from .report import find_results, write_report
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
-from .tasks import AUTOATTACK_RESULT, Protocol, Task, run_tasks
+from oat.runs import AUTOATTACK_RESULT
+
+from .tasks import Protocol, Task, run_tasks
 
 
 @dataclass

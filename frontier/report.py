@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oat.checkpoint import write_text_atomic
-from oat.config import read_yaml_mapping
 from oat.passes import total
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
+from oat.runs import CONFIG, EVAL_RESULT, is_conditioned
 
 from .pareto import gap, hypervolume, non_dominated
+from .sweep import FRONTIER_JSON
 from .uncertainty import LEVEL, RESAMPLES, bootstrap_ratio, wilson_interval
 
 SUMMARY_JSON = "summary.json"
@@ -83,11 +84,11 @@ def find_results(directories: list[str | Path], allow_mismatch: bool = False) ->
         if not directory.is_dir():
             raise FileNotFoundError(f"not a directory: {directory}")
         for candidate in _candidates(directory):
-            frontier = candidate / "frontier.json"
+            frontier = candidate / FRONTIER_JSON
             if frontier.exists():
                 dedicated.extend(read_results(frontier, FRONTIER_ROW)["points"])
-            result = candidate / "eval.json"
-            if result.exists() and (candidate / "config.yaml").exists() and _is_conditioned(candidate):
+            result = candidate / EVAL_RESULT
+            if result.exists() and (candidate / CONFIG).exists() and is_conditioned(candidate):
                 if oat is not None:
                     raise ValueError(f"two OAT runs found ({oat['run_dir']} and {candidate}); plot one at a time")
                 oat = read_results(result, EVAL_POINT)
@@ -119,12 +120,6 @@ def read_results(path: Path, point_keys: tuple[str, ...]) -> dict:
         if missing or not isinstance(point.get("robust"), dict):
             raise ValueError(f"{path}: point {index} lacks {', '.join(missing) or 'a robust mapping'}")
     return data
-
-
-def _is_conditioned(run_dir: Path) -> bool:
-    config = read_yaml_mapping(run_dir / "config.yaml", "run config")
-    model = config.get("model")
-    return isinstance(model, dict) and model.get("conditioned") is True
 
 
 def sa_ra(points: list[dict]) -> list[tuple[float, float]]:

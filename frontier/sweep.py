@@ -26,6 +26,7 @@ from pathlib import Path
 from oat import models
 from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
+from oat.runs import EVAL_RESULT
 
 from .tasks import Protocol, Task, run_tasks
 
@@ -191,7 +192,7 @@ def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
 
     rows, missing = [], []
     for point in points:
-        path = out / POINTS_DIR / point.name / "eval.json"
+        path = out / POINTS_DIR / point.name / EVAL_RESULT
         if not path.exists():
             missing.append(point.name)
             continue

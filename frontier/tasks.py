@@ -25,11 +25,10 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from oat.checkpoint import load_checkpoint, write_text_atomic
+from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, check_config, check_eval, config_differences
 from oat.lock import RunLock
+from oat.runs import CHECKPOINT, EVAL_RESULT, RUN_FILES, trained_config, trained_epochs
 
 
 @dataclass(frozen=True)
@@ -65,38 +64,26 @@ class Task:
     config: Config
     protocol: Protocol
     lambdas: tuple[float, ...]
-    result: str = "eval.json"  # where in run_dir the evaluation goes (a second protocol: another file)
+    result: str = EVAL_RESULT  # where in run_dir the evaluation goes (a second protocol: another file)
 
 
-AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (frontier.comparison)
-RESULT_FILES = ("eval.json", AUTOATTACK_RESULT)
-RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.jsonl", *RESULT_FILES)
 
 
 def stale_keys(run_dir: Path, config: Config) -> list[str]:
     """The result-changing keys in which the run in ``run_dir`` was trained differently from
     ``config`` (empty for a run that has no checkpoint yet: it trains from scratch anyway)."""
-    if not (run_dir / "checkpoint.pt").exists():
-        return []
-    saved_path = run_dir / "config.yaml"
-    try:
-        saved = yaml.safe_load(saved_path.read_text()) if saved_path.exists() else None
-    except yaml.YAMLError:
-        saved = None
-    if not isinstance(saved, dict):
-        saved = load_checkpoint(run_dir / "checkpoint.pt")["config"]
-    return config_differences(saved, config)
+    saved = trained_config(run_dir)
+    return [] if saved is None else config_differences(saved, config)
 
 
-def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = "eval.json") -> str:
+def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = EVAL_RESULT) -> str:
     """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
     ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
+    if not (run_dir / CHECKPOINT).exists():
         return "train"
     if stale_keys(run_dir, config):
         return "stale"
-    if int(load_checkpoint(checkpoint)["epoch"]) < config.train.epochs:
+    if trained_epochs(run_dir) < config.train.epochs:
         return "resume"
     try:
         stored = json.loads((run_dir / result).read_text())
@@ -165,7 +152,7 @@ def _evaluate(task: Task, lambdas: list[float]) -> dict:
     protocol = task.protocol
     result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
                           seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade)
-    result["checkpoint"] = str(Path(task.run_dir) / "checkpoint.pt")
+    result["checkpoint"] = str(Path(task.run_dir) / CHECKPOINT)
     result["protocol"] = protocol.as_dict()
     return result
 

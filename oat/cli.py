@@ -36,7 +36,8 @@ def _float_list(text: str) -> list[float]:
 def cmd_train(args) -> int:
     from .config import load_config
     from .lock import RunLock
-    from .trainer import CONFIG, train
+    from .runs import CONFIG
+    from .trainer import train
 
     if args.resume:
         if args.out is None:
@@ -95,16 +96,14 @@ def cmd_eval(args) -> int:
     from .checkpoint import write_text_atomic
     from .distributed import set_threads
     from .evaluation import print_table
-    from .runs import check_eps, default_lambdas, evaluate_run, load_run, run_data, saved_eval
+    from .runs import EVAL_RESULT, check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
     _check_eval_args(args)
     set_threads(args.threads)
     # A run directory means its checkpoint.pt: eval.json then lands in the run directory, where
     # `oat plot RUN_DIR` looks for it, not beside the directory.
-    checkpoint = Path(args.checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / "checkpoint.pt"
+    checkpoint = checkpoint_file(args.checkpoint)
     model, state = load_run(checkpoint, args.device)
     # Every setting a flag leaves open comes from the run's own eval section, as `oat frontier` does.
     saved = saved_eval(state)
@@ -123,7 +122,7 @@ def cmd_eval(args) -> int:
     result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
                           show_progress=not args.quiet, splits=splits, cascade=cascade)
     result["checkpoint"] = str(checkpoint)
-    out = Path(args.out) if args.out else checkpoint.parent / "eval.json"
+    out = Path(args.out) if args.out else checkpoint.parent / EVAL_RESULT
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {out}")
@@ -131,14 +130,14 @@ def cmd_eval(args) -> int:
 
 
 def cmd_frontier(args) -> int:
-    from oat.frontier.sweep import load_sweep, parse_shard, run_sweep
+    from oat.frontier.sweep import FRONTIER_JSON, load_sweep, parse_shard, run_sweep
 
     sweep, base = load_sweep(args.config, args.set)
     out = args.out or f"runs/{Path(args.config).stem}"
     summary = run_sweep(sweep, base, out, workers=args.workers, shard=parse_shard(args.shard),
                         log=None if args.quiet else print, retrain_stale=args.retrain_stale)
     if not args.quiet:
-        print(f"wrote {Path(out) / 'frontier.json'}: {len(summary['points'])} finished points"
+        print(f"wrote {Path(out) / FRONTIER_JSON}: {len(summary['points'])} finished points"
               + (f", {len(summary['missing'])} not yet (other shards?)" if summary["missing"] else ""))
     return 0
 

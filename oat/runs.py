@@ -1,4 +1,8 @@
-"""Trained runs: load a checkpoint's model ready for evaluation, and its default λ values."""
+"""The run directory: its file names, building a network from a saved spec, loading a trained
+run, and what a run directory says about itself (its config, epochs, whether it is conditioned).
+
+``trainer``, ``cli`` and ``oat.frontier`` name a run's files only through this module.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,58 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import yaml
 
 from oat import models
 
 from .checkpoint import CheckpointError, load_checkpoint
-from .config import ConfigError, EvalConfig, saved_config
+from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate
-from .trainer import build_model
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+EVAL_RESULT = "eval.json"
+AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (oat.frontier.comparison)
+RESULT_FILES = (EVAL_RESULT, AUTOATTACK_RESULT)
+RUN_FILES = (CHECKPOINT, CONFIG, METRICS, *RESULT_FILES)
+
+
+def checkpoint_file(path: str | Path) -> Path:
+    """A run directory's checkpoint, or ``path`` itself when it names a file."""
+    path = Path(path)
+    return path / CHECKPOINT if path.is_dir() else path
+
+
+def build_model(spec: dict) -> nn.Module:
+    """The network a checkpoint's ``model_spec`` (:func:`oat.trainer.model_spec`) describes."""
+    return models.create(spec["name"], num_classes=spec["num_classes"], conditioned=spec["conditioned"],
+                         input_shape=tuple(spec["input_shape"]), **spec["options"])
+
+
+def trained_config(run_dir: Path) -> dict | None:
+    """The config a run directory was trained with, as saved (its config.yaml, else the
+    checkpoint's copy); None when nothing was trained there yet."""
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).exists() else None
+    except yaml.YAMLError:
+        saved = None
+    return saved if isinstance(saved, dict) else load_checkpoint(run_dir / CHECKPOINT)["config"]
+
+
+def trained_epochs(run_dir: Path) -> int:
+    """How many epochs the run directory's checkpoint holds."""
+    return int(load_checkpoint(run_dir / CHECKPOINT)["epoch"])
+
+
+def is_conditioned(run_dir: Path) -> bool:
+    """Whether the run directory holds a λ-conditioned (OAT) network, by its config.yaml."""
+    config = read_yaml_mapping(run_dir / CONFIG, "run config")
+    model = config.get("model")
+    return isinstance(model, dict) and model.get("conditioned") is True
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
@@ -34,9 +82,7 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
     The checkpoint's model_spec is checked against its own weights before any memory is spent on
     the network: a spec asking for 10⁹ classes is an error here, not an 800 GB allocation.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = checkpoint_file(path)
     state = load_checkpoint(path)
     if "model_spec" not in state:
         raise CheckpointError(f"{path} has no model description (model_spec); it was not written by oat train")

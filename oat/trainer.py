@@ -24,7 +24,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from oat import models
 
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
@@ -38,12 +37,10 @@ from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchno
 from .objectives import make_objective
 from .passes import KINDS, PassCounter
 from .progress import Progress, format_seconds
+from .runs import CHECKPOINT, CONFIG, METRICS, build_model
 from .sampling import make_sampler
 from .schedules import lr_factor
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.yaml"
-METRICS = "metrics.jsonl"
 FOSC_EXAMPLES = 32  # FOSC is measured on this many attacked examples of a probed batch (one extra gradient)
 LOSS_CHECK_EVERY = 50  # steps between checks of the loss for NaN/∞ (each check waits for the device)
 
@@ -82,11 +79,6 @@ def model_spec(config: Config, info: datasets.DatasetInfo) -> dict:
         "input_shape": list(info.input_shape),
         "options": options,
     }
-
-
-def build_model(spec: dict) -> nn.Module:
-    return models.create(spec["name"], num_classes=spec["num_classes"], conditioned=spec["conditioned"],
-                         input_shape=tuple(spec["input_shape"]), **spec["options"])
 
 
 def training_lambdas(config: Config) -> list[float]:

@@ -26,7 +26,7 @@ import torch.nn as nn
 import oat.runs
 from oat.checkpoint import CheckpointError, load_checkpoint, remove_orphans, save_checkpoint, write_text_atomic
 from oat.runs import _state_dict_covers, load_run
-from oat.trainer import build_model
+from oat.runs import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
