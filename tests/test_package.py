@@ -62,3 +62,14 @@ def test_imports_run_one_way():
         assert not any(n.startswith(upward) for n in _imports(path)), f"{path} imports a layer above the models"
     for path in (ROOT / "frontier").rglob("*.py"):
         assert "oat.cli" not in _imports(path), f"{path} imports the CLI"
+
+
+def test_only_the_run_directory_module_names_a_runs_files():
+    from oat.runs import RUN_FILES
+
+    for path in [*(ROOT / "oat").rglob("*.py"), *(ROOT / "frontier").rglob("*.py"), *(ROOT / "models").rglob("*.py")]:
+        if path == ROOT / "oat" / "runs.py":
+            continue
+        text = path.read_text()
+        for name in RUN_FILES:
+            assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path} names {name}; use oat.runs"
