@@ -20,7 +20,7 @@ from .comparison import ComparisonConfig, model_configs, run_comparison
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep
 
 # What every model of the demo shares: data, architecture, ε, training attack, optimiser, epochs
-# and the evaluation protocol. ε = 0.2 (the radius of SCIENCE.md's digits measurements): on 8×8
+# and the evaluation protocol. ε = 0.2, chosen on a validation split (docs/benchmarks.md): on 8×8
 # digits ε = 0.3 (MNIST's radius, for 28×28 images) leaves a dedicated λ = 1 model at ~18%
 # AutoAttack accuracy after 20 epochs and still climbing, so a short run compares training budgets
 # more than methods. At ε = 0.25 robust accuracy is ~37% and varies by ±4 points from seed to seed,

@@ -1,6 +1,6 @@
 """Per-example adversarial training objectives with a per-example trade-off weight λ.
 
-Every family is a loss of the form (SCIENCE.md, "Training objectives")
+Every family is a loss of the form
 
     ℓ_i = w_clean(λ_i)·CE(f(x_i; λ_i), y_i) + w_adv(λ_i)·CE(f(x'_i; λ_i), y_i)
           + w_kl(λ_i)·KL(p(x_i; λ_i) ‖ p(x'_i; λ_i))

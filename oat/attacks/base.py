@@ -3,7 +3,8 @@
 An attack is a small object holding its hyperparameters, called as ``attack(model, x, y, lam)``
 (the torchattacks shape, plus λ). ``lam`` is passed to the model unchanged — a float, or a
 tensor of shape ``[B]`` with one λ per example — or, when it is ``None``, the model is called as
-``model(x)``. Three rules hold for every attack (SCIENCE.md, "Attacks"):
+``model(x)``. Three rules hold for every attack (Madry et al. 2018; Carlini et al. 2019, "On
+Evaluating Adversarial Robustness"):
 
 * the model runs in eval mode, so BatchNorm neither uses batch statistics nor updates its
   running statistics; every module's previous mode is restored afterwards, even on error;

@@ -3,7 +3,8 @@
 Pixel counts 0–16 are divided by 16 into [0, 1] and stored as float32 [N, 1, 8, 8]. The train/test
 split is stratified and seeded (scikit-learn's ``train_test_split``), so every call returns the same
 split. Nothing is downloaded: the data ship with scikit-learn, so ``root`` and ``download`` are unused.
-The default radius 0.3 is MNIST's (the same 0–1 ink scale); SCIENCE.md's digits measurements use 0.2.
+The default radius 0.3 is MNIST's (the same 0–1 ink scale); ``oat demo`` uses 0.2, chosen on a
+validation split (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 
 Stored as float32 vectors ``[N, d+1]`` with class labels ``(y + 1) / 2`` ∈ {0, 1}. Inputs are unbounded
 reals (``bounds=None``), and the default radius is ε = 2η, at which the robust and the accurate
-classifier part ways (SCIENCE.md). :func:`tsipras_accuracy` gives any linear classifier's exact SA and RA.
+classifier part ways (ibid., Theorem 2.1). :func:`tsipras_accuracy` gives any linear classifier's exact SA and RA.
 """
 
 from __future__ import annotations

@@ -23,9 +23,10 @@ hash 170 MB on every load and reject anything but the exact official files. A mi
 ``FileNotFoundError`` naming the dataset, the path and ``download=True``.
 
 Per-channel mean/std are computed from the loaded training split (in [0, 1] units), so they are
-exact for the data at hand. Default L∞ radii follow the field (SCIENCE.md): 8/255 for the colour
-sets, 0.3 for MNIST (Madry et al. 2018) and 0.1 for Fashion-MNIST, whose textured grey images are
-not near-binary strokes: 0.1 is the radius its robustness literature reports.
+exact for the data at hand. Default L∞ radii follow the field: 8/255 for the colour sets
+(Madry et al. 2018; Croce et al. 2021, RobustBench), 0.3 for MNIST (Madry et al. 2018) and 0.1
+for Fashion-MNIST, whose textured grey images are not near-binary strokes: 0.1 is the radius its
+robustness literature reports.
 """
 
 from __future__ import annotations
