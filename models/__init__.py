@@ -1,6 +1,6 @@
 """Architectures, each in a plain and a λ-conditioned version built from the same code.
 
->>> import models
+>>> from oat import models
 >>> net = models.create("resnet34", num_classes=10, conditioned=True)
 >>> logits = net(images, 0.3)          # images in [0, 1], λ = 0.3
 """

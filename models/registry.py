@@ -9,33 +9,24 @@ separated from the architecture's own options (``in_channels``, ``input_size``, 
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from dataclasses import fields
-from typing import Callable
 
 from oat.conditioning import ConditioningConfig
 from oat.network import LambdaNetwork
+from oat.registry import Registry
 
-_MODELS: dict[str, Callable[..., LambdaNetwork]] = {}
+MODELS = Registry("model")
 CONDITIONING_OPTIONS = frozenset(f.name for f in fields(ConditioningConfig))
 
 
 def register(name: str):
     """Class decorator adding an architecture to the registry under ``name``."""
-
-    def add(cls):
-        if name in _MODELS:
-            raise ValueError(f"model {name!r} is registered twice")
-        _MODELS[name] = cls
-        return cls
-
-    return add
+    return MODELS.register(name)
 
 
 def names() -> list[str]:
     """Names of every registered architecture."""
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create(
@@ -48,12 +39,11 @@ def create(
     """Build architecture ``name``; ``conditioned`` picks the OAT or the plain version.
 
     ``input_shape`` (C, H, W), e.g. a dataset's, sets ``in_channels`` and, for architectures
-    whose layout depends on it (``input_size``), the image size; explicit options win.
+    whose layout depends on it (``input_size``), the image size; explicit options win. Unknown
+    options are refused, naming them, before anything is built; an error raised while building
+    keeps its own type and message.
     """
-    if name not in _MODELS:
-        close = difflib.get_close_matches(name, names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown model {name!r}{hint}; known: {', '.join(names())}")
+    cls = MODELS.get(name)
     conditioning_options = {k: options.pop(k) for k in list(options) if k in CONDITIONING_OPTIONS}
     if not conditioned and conditioning_options:
         raise ValueError(
@@ -63,9 +53,7 @@ def create(
     conditioning = ConditioningConfig(**conditioning_options) if conditioned else None
     if input_shape is not None:
         options.setdefault("in_channels", input_shape[0])
-        if "input_size" in inspect.signature(_MODELS[name]).parameters:
+        if "input_size" in MODELS.options(name):
             options.setdefault("input_size", input_shape[-1])
-    try:
-        return _MODELS[name](num_classes=num_classes, conditioning=conditioning, **options)
-    except TypeError as error:  # an unknown architecture option: say which model refused it
-        raise ValueError(f"model {name!r}: {error}") from None
+    MODELS.check_options(name, options, skip=("num_classes", "conditioning"))
+    return cls(num_classes=num_classes, conditioning=conditioning, **options)

@@ -42,9 +42,10 @@ class BasicBlock(nn.Module):
 
 
 class ResNet(LambdaNetwork):
+    DEPTHS: Sequence[int] = ()  # blocks per stage; each registered depth sets its own
+
     def __init__(
         self,
-        depths: Sequence[int],
         num_classes: int = 10,
         conditioning: ConditioningConfig | None = None,
         in_channels: int = 3,
@@ -55,7 +56,7 @@ class ResNet(LambdaNetwork):
         self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
         self.bn1 = self.norm(64)
         blocks, in_planes = [], 64
-        for stage, depth in enumerate(depths):
+        for stage, depth in enumerate(self.DEPTHS):
             planes = 64 * 2**stage
             for index in range(depth):
                 stride = 2 if (stage > 0 and index == 0) else 1
@@ -76,11 +77,9 @@ class ResNet(LambdaNetwork):
 
 @register("resnet18")
 class ResNet18(ResNet):
-    def __init__(self, **options):
-        super().__init__((2, 2, 2, 2), **options)
+    DEPTHS = (2, 2, 2, 2)
 
 
 @register("resnet34")
 class ResNet34(ResNet):
-    def __init__(self, **options):
-        super().__init__((3, 4, 6, 3), **options)
+    DEPTHS = (3, 4, 6, 3)

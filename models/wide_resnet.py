@@ -40,10 +40,10 @@ class WideBlock(nn.Module):
 
 
 class WideResNet(LambdaNetwork):
+    DEPTH, WIDEN = 0, 0  # WRN-depth-widen; each registered size sets its own
+
     def __init__(
         self,
-        depth: int,
-        widen: int,
         num_classes: int = 10,
         conditioning: ConditioningConfig | None = None,
         in_channels: int = 3,
@@ -52,6 +52,7 @@ class WideResNet(LambdaNetwork):
         std=CIFAR_STD,
     ):
         super().__init__(num_classes, in_channels, conditioning, mean, std)
+        depth, widen = self.DEPTH, self.WIDEN
         if (depth - 4) % 6:
             raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
         per_group = (depth - 4) // 6
@@ -79,17 +80,14 @@ class WideResNet(LambdaNetwork):
 
 @register("wrn16_8")
 class WRN16_8(WideResNet):
-    def __init__(self, **options):
-        super().__init__(16, 8, **options)
+    DEPTH, WIDEN = 16, 8
 
 
 @register("wrn40_2")
 class WRN40_2(WideResNet):
-    def __init__(self, **options):
-        super().__init__(40, 2, **options)
+    DEPTH, WIDEN = 40, 2
 
 
 @register("wrn34_10")
 class WRN34_10(WideResNet):
-    def __init__(self, **options):
-        super().__init__(34, 10, **options)
+    DEPTH, WIDEN = 34, 10

@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
+
+from .registry import Registry
 
 REFERENCE_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 
@@ -58,10 +60,7 @@ class ConditioningConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.encoding not in ENCODERS:
-            raise ValueError(
-                f"unknown λ encoding {self.encoding!r}; choose one of {sorted(ENCODERS)}"
-            )
+        ENCODERS.get(self.encoding)  # an unknown name: ValueError naming the closest known one
         if self.code_dim < 1 or self.film_width < 1:
             raise ValueError("code_dim and film_width must be positive")
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
@@ -146,14 +145,13 @@ class CategoricalEncoder(nn.Module):
         return self.table[index]
 
 
-ENCODERS: dict[str, Callable[[ConditioningConfig], nn.Module]] = {
-    "sinusoidal": lambda cfg: SinusoidalEncoder(cfg.code_dim),
-    "categorical": lambda cfg: CategoricalEncoder(cfg.lambdas, cfg.code_dim, cfg.seed),
-}
+ENCODERS = Registry("λ encoding")  # name → builder from a ConditioningConfig
+ENCODERS.register("sinusoidal", lambda cfg: SinusoidalEncoder(cfg.code_dim))
+ENCODERS.register("categorical", lambda cfg: CategoricalEncoder(cfg.lambdas, cfg.code_dim, cfg.seed))
 
 
 def make_encoder(config: ConditioningConfig) -> nn.Module:
-    return ENCODERS[config.encoding](config)
+    return ENCODERS.get(config.encoding)(config)
 
 
 class FiLM(nn.Module):

@@ -28,7 +28,6 @@ adversarial batch as two separate batches, as in the TRADES, MART and OAT refere
 
 from __future__ import annotations
 
-import difflib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, TradesKL, reference_step_size
+from .registry import Registry
 from .attacks.base import kl_divergence
 from .lam import as_lambda
 
@@ -141,6 +141,8 @@ class Objective(ABC):
     """
 
     name: str = ""
+    default_attack: str = "pgd"  # the inner maximisation make_objective builds (a key of ATTACK_KINDS)
+    attack_choosable: bool = False  # whether make_objective takes attack_kind to pick another
 
     def __init__(self, attack: Attack):
         if not callable(attack):
@@ -245,6 +247,7 @@ class TradesObjective(WeightedObjective):
     """
 
     name = "trades"
+    default_attack = "trades"
 
     def __init__(self, attack: Attack, beta_max: float = 6.0):
         super().__init__(attack)
@@ -264,6 +267,7 @@ class MixedObjective(WeightedObjective):
     """
 
     name = "mixed"
+    attack_choosable = True
 
     def __init__(self, attack: Attack, mu: float = 0.5, beta: float = 6.0):
         super().__init__(attack)
@@ -339,18 +343,14 @@ def _trades_attack(eps, alpha, steps, bounds):
 
 ATTACK_KINDS = {"pgd": _pgd_attack, "trades": _trades_attack}
 
-# name → (class, its parameters, the default attack kind)
-_FAMILIES: dict[str, tuple[type[Objective], frozenset[str], str]] = {
-    "pgd": (PGDObjective, frozenset(), "pgd"),
-    "trades": (TradesObjective, frozenset({"beta_max"}), "trades"),
-    "mixed": (MixedObjective, frozenset({"mu", "beta", "attack_kind"}), "pgd"),
-    "mart": (MartObjective, frozenset({"beta"}), "pgd"),
-}
+OBJECTIVES = Registry("objective")
+for _family in (PGDObjective, TradesObjective, MixedObjective, MartObjective):
+    OBJECTIVES.register(_family.name, _family)
 
 
 def objective_names() -> list[str]:
     """Names accepted by :func:`make_objective`."""
-    return sorted(_FAMILIES)
+    return OBJECTIVES.names()
 
 
 def make_objective(
@@ -372,18 +372,9 @@ def make_objective(
     takes ``attack_kind="trades"`` to use the KL attack instead. Unknown names and parameters
     raise ``ValueError``.
     """
-    if name not in _FAMILIES:
-        close = difflib.get_close_matches(name, objective_names(), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown objective {name!r}{hint}; known: {', '.join(objective_names())}")
-    cls, allowed, kind = _FAMILIES[name]
-    unknown = sorted(set(params) - allowed)
-    if unknown:
-        raise ValueError(
-            f"objective {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-            f"it takes {sorted(allowed) or 'none'}"
-        )
-    kind = params.get("attack_kind", kind)
+    cls = OBJECTIVES.get(name)
+    OBJECTIVES.check_options(name, params, skip=("attack",), extra=("attack_kind",) if cls.attack_choosable else ())
+    kind = params.get("attack_kind", cls.default_attack)
     if kind not in ATTACK_KINDS:
         raise ValueError(f"unknown attack_kind {kind!r}; choose one of {sorted(ATTACK_KINDS)}")
     if attack is None:

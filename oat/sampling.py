@@ -23,6 +23,7 @@ import scipy.special
 import torch
 
 from .conditioning import REFERENCE_LAMBDAS
+from .registry import Registry
 
 
 def _check_unit(name: str, value) -> float:
@@ -169,30 +170,15 @@ class FixedSampler(Sampler):
         return torch.full((_check_batch_size(batch_size),), self.value, dtype=torch.float32)
 
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    "reference": ReferenceSampler,
-    "uniform": UniformSampler,
-    "beta": BetaSampler,
-    "fixed": FixedSampler,
-}
-
-_PARAMS: dict[str, frozenset[str]] = {
-    "reference": frozenset({"values"}),
-    "uniform": frozenset({"low", "high", "zero_share"}),
-    "beta": frozenset({"a", "b", "zero_share"}),
-    "fixed": frozenset({"value"}),
-}
-_REQUIRED: dict[str, frozenset[str]] = {
-    "reference": frozenset(),
-    "uniform": frozenset(),
-    "beta": frozenset({"a", "b"}),
-    "fixed": frozenset({"value"}),
-}
+SAMPLERS = Registry("λ sampler")
+for _name, _cls in (("reference", ReferenceSampler), ("uniform", UniformSampler), ("beta", BetaSampler),
+                    ("fixed", FixedSampler)):
+    SAMPLERS.register(_name, _cls)
 
 
 def sampler_names() -> list[str]:
     """Names accepted by :func:`make_sampler`."""
-    return sorted(SAMPLERS)
+    return SAMPLERS.names()
 
 
 def make_sampler(name: str, seed: int = 0, **params) -> Sampler:
@@ -200,15 +186,6 @@ def make_sampler(name: str, seed: int = 0, **params) -> Sampler:
 
     Unknown names, unknown or missing parameters and out-of-range values raise ``ValueError``.
     """
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown λ sampler {name!r}; known: {', '.join(sampler_names())}")
-    unknown = sorted(set(params) - _PARAMS[name])
-    if unknown:
-        raise ValueError(
-            f"λ sampler {name!r} has no parameter {', '.join(map(repr, unknown))}; "
-            f"it takes {sorted(_PARAMS[name]) or 'none'}"
-        )
-    missing = sorted(_REQUIRED[name] - set(params))
-    if missing:
-        raise ValueError(f"λ sampler {name!r} needs parameter {', '.join(map(repr, missing))}")
-    return SAMPLERS[name](seed=seed, **params)
+    cls = SAMPLERS.get(name)
+    SAMPLERS.check_options(name, params, skip=("seed",))
+    return cls(seed=seed, **params)

@@ -109,9 +109,9 @@ def build(config: Config) -> Experiment:
     eps = training_eps(config, info)
     _check_classes(config, splits)
     alpha = config.attack.alpha if config.attack.alpha is not None else reference_step_size(eps, config.attack.steps)
-    try:
+    try:  # unknown options are refused before building; a value the network refuses is a ValueError
         model = build_model(model_spec(config, info))
-    except (ValueError, TypeError) as error:
+    except ValueError as error:  # a TypeError from inside a constructor is a bug: it keeps its traceback
         raise ConfigError(f"model: {error}") from None
     _check_forward(model, info, config.model.options)
     return Experiment(config, splits, model, eps, alpha, training_lambdas(config))

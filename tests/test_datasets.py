@@ -366,11 +366,12 @@ def test_registry_names_and_errors():
         datasets.load("cifar-10")
     with pytest.raises(ValueError, match=r"unknown dataset 'fashion_mnist' \(did you mean 'fashion-mnist'\?\)"):
         datasets.load("fashion_mnist")
-    with pytest.raises(ValueError, match=r"unknown options \['tset_size'\]; it accepts: test_size, seed"):
+    with pytest.raises(ValueError, match=r"dataset 'digits' has no option 'tset_size'; it takes seed, subset_seed, "
+                                         r"test_size, train_size, validation_size$"):
         datasets.load("digits", tset_size=100)
-    with pytest.raises(ValueError, match="accepts: train_size, validation_size, subset_seed"):
+    with pytest.raises(ValueError, match="has no option 'train_sise'; it takes subset_seed, train_size, validation_size$"):
         datasets.load("cifar10", train_sise=1)
-    with pytest.raises(ValueError, match=r"needs options \['path'\]"):
+    with pytest.raises(ValueError, match=r"dataset 'npz' needs option 'path'"):
         datasets.load("npz")
     with pytest.raises(ValueError, match="download must be True or False"):
         datasets.load("digits", download="False")
