@@ -188,20 +188,13 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().forward(h)
 
 
-class BatchNorm1d(nn.BatchNorm1d):
-    """1-D twin of :class:`BatchNorm2d` (λ ignored)."""
-
-    def forward(self, h: torch.Tensor, cond: Conditioning | None = None) -> torch.Tensor:
-        return super().forward(h)
-
-
 class DualBatchNorm(nn.Module):
     """Two BatchNorms routed per example: λ = 0 → ``bn_clean``, λ > 0 → ``bn_adv``."""
 
-    def __init__(self, channels: int, bn: type[nn.Module] = nn.BatchNorm2d):
+    def __init__(self, channels: int):
         super().__init__()
-        self.bn_clean = bn(channels)
-        self.bn_adv = bn(channels)
+        self.bn_clean = nn.BatchNorm2d(channels)
+        self.bn_adv = nn.BatchNorm2d(channels)
 
     def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         batch = h.shape[0]
@@ -218,13 +211,10 @@ class DualBatchNorm(nn.Module):
 class LambdaNorm(nn.Module):
     """A conditioned network's norm layer: (dual or single) BatchNorm, then FiLM if enabled."""
 
-    def __init__(self, channels: int, config: ConditioningConfig, film: bool = True, dims: int = 2):
+    def __init__(self, channels: int, config: ConditioningConfig, film: bool = True):
         super().__init__()
-        bn = nn.BatchNorm2d if dims == 2 else nn.BatchNorm1d
-        if config.dual_bn:
-            self.bn = DualBatchNorm(channels, bn)
-        else:
-            self.bn = bn(channels)
+        # Both kinds are called as bn(h, cond); the single-BN ablation's simply ignores λ.
+        self.bn = DualBatchNorm(channels) if config.dual_bn else BatchNorm2d(channels)
         self.film = FiLM(channels, config.code_dim, config.film_width) if (film and config.film) else None
 
     def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
@@ -232,13 +222,14 @@ class LambdaNorm(nn.Module):
             scale, shift = self.eval_affine(cond)
             shape = (h.shape[0], -1) + (1,) * (h.dim() - 2)
             return torch.addcmul(shift.reshape(shape), h, scale.reshape(shape))
-        h = self.bn(h, cond) if isinstance(self.bn, DualBatchNorm) else self.bn(h)
+        h = self.bn(h, cond)
         if self.film is not None:
             h = self.film(h, cond.code)
         return h
 
     def _batch_norms(self) -> tuple[nn.Module, ...]:
-        return (self.bn.bn_clean, self.bn.bn_adv) if isinstance(self.bn, DualBatchNorm) else (self.bn,)
+        """The BatchNorms inside: (bn_clean, bn_adv) for the dual BN, the one BN otherwise."""
+        return tuple(m for m in self.bn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def _batch_norms_in_eval_mode(self) -> bool:
         return all(not bn.training and bn.running_mean is not None for bn in self._batch_norms())
@@ -286,12 +277,11 @@ class NormFactory:
     """
 
     config: ConditioningConfig | None = None
-    dims: int = 2
 
     def __call__(self, channels: int, film: bool = True) -> nn.Module:
         if self.config is None:
-            return BatchNorm2d(channels) if self.dims == 2 else BatchNorm1d(channels)
-        return LambdaNorm(channels, self.config, film=film, dims=self.dims)
+            return BatchNorm2d(channels)
+        return LambdaNorm(channels, self.config, film=film)
 
 
 def conditioning_overhead(conditioned: nn.Module, plain: nn.Module) -> float:

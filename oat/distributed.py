@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .conditioning import BatchNorm1d, BatchNorm2d
+from .conditioning import BatchNorm2d
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every BatchNorm (plain, clean or adversarial) by a SyncBatchNorm, keeping its
     statistics and parameters; oat's λ-ignoring plain norms keep their two-argument call."""
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
-        cls = _SyncBatchNorm if isinstance(module, (BatchNorm1d, BatchNorm2d)) else nn.SyncBatchNorm
+        cls = _SyncBatchNorm if isinstance(module, BatchNorm2d) else nn.SyncBatchNorm
         synced = cls(module.num_features, module.eps, module.momentum, module.affine,
                      module.track_running_stats)
         synced.load_state_dict(module.state_dict())

@@ -12,8 +12,15 @@ ROOT = Path(__file__).parent.parent
 
 
 def test_pip_install_puts_only_oat_at_the_top_of_site_packages(tmp_path):
-    target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(ROOT)],
+    import shutil
+
+    source, target = tmp_path / "source", tmp_path / "site"  # a copy: the build leaves nothing in the repository
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    for name in ("oat", "models", "frontier"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
                    check=True, capture_output=True, text=True, timeout=300)
     top = sorted(p.name for p in target.iterdir() if p.name != "bin")
     assert [name for name in top if not name.endswith(".dist-info")] == ["oat"]
