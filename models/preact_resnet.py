@@ -18,12 +18,16 @@ from .resnet import CIFAR_MEAN, CIFAR_STD
 
 
 class PreActBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, norm):
+    """The pre-activation basic block (He et al. 2016), with the wide ResNets' dropout between its
+    convolutions (Zagoruyko & Komodakis 2016; 0 here, as in PreAct ResNet-18)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, norm, dropout: float = 0.0):
         super().__init__()
         self.bn1 = norm(in_planes)
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
         self.bn2 = norm(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.dropout = dropout
         self.shortcut_conv = None
         if stride != 1 or in_planes != planes:
             self.shortcut_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
@@ -31,9 +35,10 @@ class PreActBlock(nn.Module):
     def forward(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         out = F.relu(self.bn1(x, cond))
         shortcut = x if self.shortcut_conv is None else self.shortcut_conv(out)
-        out = self.conv1(out)
-        out = self.conv2(F.relu(self.bn2(out, cond)))
-        return out + shortcut
+        out = F.relu(self.bn2(self.conv1(out), cond))
+        if self.dropout:
+            out = F.dropout(out, self.dropout, self.training)
+        return self.conv2(out) + shortcut
 
 
 @register("preact_resnet18")
@@ -63,6 +68,3 @@ class PreActResNet18(LambdaNetwork):
         for block in self.blocks:
             x = block(x, cond)
         return F.relu(self.bn(x, cond))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))

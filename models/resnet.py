@@ -71,9 +71,6 @@ class ResNet(LambdaNetwork):
             x = block(x, cond)
         return x
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
-
 
 @register("resnet18")
 class ResNet18(ResNet):

@@ -14,29 +14,9 @@ import torch.nn.functional as F
 from oat.conditioning import Conditioning, ConditioningConfig
 from oat.network import LambdaNetwork
 
+from .preact_resnet import PreActBlock
 from .registry import register
 from .resnet import CIFAR_MEAN, CIFAR_STD
-
-
-class WideBlock(nn.Module):
-    def __init__(self, in_planes: int, planes: int, stride: int, norm, dropout: float):
-        super().__init__()
-        self.bn1 = norm(in_planes)
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn2 = norm(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.dropout = dropout
-        self.shortcut_conv = None
-        if stride != 1 or in_planes != planes:
-            self.shortcut_conv = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
-
-    def forward(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
-        out = F.relu(self.bn1(x, cond))
-        shortcut = x if self.shortcut_conv is None else self.shortcut_conv(out)
-        out = F.relu(self.bn2(self.conv1(out), cond))
-        if self.dropout:
-            out = F.dropout(out, self.dropout, self.training)
-        return self.conv2(out) + shortcut
 
 
 class WideResNet(LambdaNetwork):
@@ -62,7 +42,7 @@ class WideResNet(LambdaNetwork):
         for group, planes in enumerate(widths[1:]):
             for index in range(per_group):
                 stride = 2 if (group > 0 and index == 0) else 1
-                blocks.append(WideBlock(in_planes, planes, stride, self.norm, dropout))
+                blocks.append(PreActBlock(in_planes, planes, stride, self.norm, dropout))
                 in_planes = planes
         self.blocks = nn.ModuleList(blocks)
         self.bn = self.norm(in_planes)
@@ -73,9 +53,6 @@ class WideResNet(LambdaNetwork):
         for block in self.blocks:
             x = block(x, cond)
         return F.relu(self.bn(x, cond))
-
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
 @register("wrn16_8")

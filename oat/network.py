@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .conditioning import Conditioning, ConditioningConfig, NormFactory, make_encoder
 from .lam import as_lambda
@@ -20,7 +21,8 @@ from .lam import as_lambda
 
 class LambdaNetwork(nn.Module, ABC):
     """Base class: subclasses build layers with ``self.norm(channels)`` and implement
-    ``forward_features(x, cond)`` (normalised input → features) and ``forward_head(features)``.
+    ``forward_features(x, cond)`` (normalised input → features); ``forward_head(features)``
+    pools and applies ``self.fc`` unless a subclass overrides it.
     """
 
     def __init__(
@@ -74,9 +76,9 @@ class LambdaNetwork(nn.Module, ABC):
     def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         """Normalised images → features (before global pooling and the classifier)."""
 
-    @abstractmethod
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Features → logits."""
+        """Features → logits: by default global average pooling, then the linear layer ``self.fc``."""
+        return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
 def _per_channel(value, channels: int) -> torch.Tensor:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from .pgd import PGD
 
 
@@ -15,19 +13,7 @@ class CW(PGD):
     (without ``loss``); 20 steps by default, as an evaluation attack.
     """
 
-    def __init__(
-        self,
-        eps: float,
-        alpha: float | None = None,
-        steps: int = 20,
-        restarts: int = 1,
-        random_start: bool = True,
-        best: bool = True,
-        bounds: tuple[float, float] | None = (0.0, 1.0),
-        seed: int | None = None,
-        generator: torch.Generator | None = None,
-    ):
-        super().__init__(
-            eps, alpha, steps, restarts, random_start, loss="cw", best=best,
-            bounds=bounds, seed=seed, generator=generator,
-        )
+    def __init__(self, eps: float, steps: int = 20, **options):
+        if "loss" in options:
+            raise ValueError("CW's loss is the margin; for cross-entropy use PGD")
+        super().__init__(eps, steps=steps, loss="cw", **options)
