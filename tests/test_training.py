@@ -260,3 +260,19 @@ def test_a_failing_forward_is_a_config_error_only_when_the_user_changed_the_mode
     monkeypatch.setattr(type(trainer.build(tiny()).model), "forward", broken)
     with pytest.raises(RuntimeError, match="a bug inside oat"):
         trainer.build(tiny())
+
+
+def test_a_checkpoint_holds_exactly_what_oat_reads(tmp_path):
+    """Every entry is read: weights, optimiser and scaler state, epoch, seconds and passes on
+    resume; config, model_spec and eps by load_run and evaluation; train_lambdas for the default
+    λ list. An entry nothing reads is not written (the sampler, RNG and scheduler states once were)."""
+    from oat.checkpoint import load_checkpoint
+    from oat.runs import default_lambdas
+
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(DIGITS), "--set", "train.epochs=1", "--set", "attack.steps=1",
+                 "--out", str(out), "--quiet"]) == 0
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert set(state) == {"format_version", "model", "optimizer", "scaler", "epoch", "train_seconds", "passes",
+                          "config", "model_spec", "train_lambdas", "eps"}
+    assert set(default_lambdas(state)) >= set(state["train_lambdas"])
