@@ -41,30 +41,44 @@ class PreActBlock(nn.Module):
         return self.conv2(out) + shortcut
 
 
-@register("preact_resnet18")
-class PreActResNet18(LambdaNetwork):
+class PreActResNet(LambdaNetwork):
+    """A pre-activation ResNet: a 3×3 stem, stages of :class:`PreActBlock` (the first block of each
+    stage after the first halves the resolution), a final BatchNorm–ReLU, global average pooling
+    and a linear layer. :meth:`layout` gives the widths; the wide ResNets share it all."""
+
     def __init__(
         self,
         num_classes: int = 10,
         conditioning: ConditioningConfig | None = None,
         in_channels: int = 3,
+        dropout: float = 0.0,
         mean=CIFAR_MEAN,
         std=CIFAR_STD,
     ):
         super().__init__(num_classes, in_channels, conditioning, mean, std)
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-        blocks, in_planes = [], 64
-        for stage in range(4):
-            planes = 64 * 2**stage
-            for index in range(2):
-                blocks.append(PreActBlock(in_planes, planes, 2 if (stage > 0 and index == 0) else 1, self.norm))
+        stem, stages, blocks_per_stage = self.layout()
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        blocks, in_planes = [], stem
+        for stage, planes in enumerate(stages):
+            for index in range(blocks_per_stage):
+                stride = 2 if (stage > 0 and index == 0) else 1
+                blocks.append(PreActBlock(in_planes, planes, stride, self.norm, dropout))
                 in_planes = planes
         self.blocks = nn.ModuleList(blocks)
         self.bn = self.norm(in_planes)
         self.fc = nn.Linear(in_planes, num_classes)
+
+    def layout(self) -> tuple[int, tuple[int, ...], int]:
+        """(stem width, each stage's width, blocks per stage): PreAct ResNet-18's."""
+        return 64, (64, 128, 256, 512), 2
 
     def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         x = self.conv1(x)
         for block in self.blocks:
             x = block(x, cond)
         return F.relu(self.bn(x, cond))
+
+
+@register("preact_resnet18")
+class PreActResNet18(PreActResNet):
+    """PreAct ResNet-18: 2 blocks in each of 4 stages, 64 to 512 channels."""

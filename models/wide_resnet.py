@@ -7,52 +7,19 @@ so any input size works. Every BatchNorm is on the main path and FiLM-modulated 
 
 from __future__ import annotations
 
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-
-from oat.conditioning import Conditioning, ConditioningConfig
-from oat.network import LambdaNetwork
-
-from .preact_resnet import PreActBlock
+from .preact_resnet import PreActResNet
 from .registry import register
-from .resnet import CIFAR_MEAN, CIFAR_STD
 
 
-class WideResNet(LambdaNetwork):
+class WideResNet(PreActResNet):
     DEPTH, WIDEN = 0, 0  # WRN-depth-widen; each registered size sets its own
 
-    def __init__(
-        self,
-        num_classes: int = 10,
-        conditioning: ConditioningConfig | None = None,
-        in_channels: int = 3,
-        dropout: float = 0.0,
-        mean=CIFAR_MEAN,
-        std=CIFAR_STD,
-    ):
-        super().__init__(num_classes, in_channels, conditioning, mean, std)
-        depth, widen = self.DEPTH, self.WIDEN
-        if (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4, got {depth}")
-        per_group = (depth - 4) // 6
-        widths = [16, 16 * widen, 32 * widen, 64 * widen]
-        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
-        blocks, in_planes = [], widths[0]
-        for group, planes in enumerate(widths[1:]):
-            for index in range(per_group):
-                stride = 2 if (group > 0 and index == 0) else 1
-                blocks.append(PreActBlock(in_planes, planes, stride, self.norm, dropout))
-                in_planes = planes
-        self.blocks = nn.ModuleList(blocks)
-        self.bn = self.norm(in_planes)
-        self.fc = nn.Linear(in_planes, num_classes)
-
-    def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
-        x = self.conv1(x)
-        for block in self.blocks:
-            x = block(x, cond)
-        return F.relu(self.bn(x, cond))
+    def layout(self) -> tuple[int, tuple[int, ...], int]:
+        """Stem 16; widths 16·k, 32·k, 64·k; (d − 4) / 6 blocks per stage."""
+        if (self.DEPTH - 4) % 6:
+            raise ValueError(f"WRN depth must be 6n + 4, got {self.DEPTH}")
+        widen = self.WIDEN
+        return 16, (16 * widen, 32 * widen, 64 * widen), (self.DEPTH - 4) // 6
 
 
 @register("wrn16_8")
