@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-Point = tuple[float, float]
+SaRa = tuple[float, float]  # one model's (clean accuracy, robust accuracy)
 
 
-def _as_points(points: Iterable[Sequence[float]]) -> list[Point]:
+def _as_points(points: Iterable[Sequence[float]]) -> list[SaRa]:
     result = []
     for point in points:
         sa, ra = float(point[0]), float(point[1])
@@ -27,12 +27,12 @@ def _as_points(points: Iterable[Sequence[float]]) -> list[Point]:
     return result
 
 
-def dominates(a: Point, b: Point) -> bool:
+def dominates(a: SaRa, b: SaRa) -> bool:
     """``a`` is at least as good as ``b`` in both and strictly better in one."""
     return a[0] >= b[0] and a[1] >= b[1] and (a[0] > b[0] or a[1] > b[1])
 
 
-def non_dominated(points: Iterable[Sequence[float]]) -> list[Point]:
+def non_dominated(points: Iterable[Sequence[float]]) -> list[SaRa]:
     """The Pareto-optimal points (duplicates kept once), sorted by SA ascending (RA descending)."""
     unique = sorted(set(_as_points(points)), key=lambda p: (-p[0], -p[1]))
     front, best_ra = [], -1.0

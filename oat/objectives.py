@@ -39,11 +39,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attacks import PGD, TradesKL, reference_step_size
-from .registry import Registry
 from .attacks.base import kl_divergence
 from .lam import as_lambda
+from .registry import Registry
 
-Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# What an objective calls to attack: attack(model, x, y, lam) -> x_adv (an oat.attacks.Attack, or any such callable).
+AttackFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Objective(ABC):
     default_attack: str = "pgd"  # the inner maximisation make_objective builds (a key of ATTACK_KINDS)
     attack_choosable: bool = False  # whether make_objective takes attack_kind to pick another
 
-    def __init__(self, attack: Attack):
+    def __init__(self, attack: AttackFn):
         if not callable(attack):
             raise ValueError(f"attack must be callable as attack(model, x, y, lam), got {attack!r}")
         self.attack = attack
@@ -249,7 +250,7 @@ class TradesObjective(WeightedObjective):
     name = "trades"
     default_attack = "trades"
 
-    def __init__(self, attack: Attack, beta_max: float = 6.0):
+    def __init__(self, attack: AttackFn, beta_max: float = 6.0):
         super().__init__(attack)
         self.beta_max = _check_number("trades", "beta_max", beta_max, positive=True)
 
@@ -269,7 +270,7 @@ class MixedObjective(WeightedObjective):
     name = "mixed"
     attack_choosable = True
 
-    def __init__(self, attack: Attack, mu: float = 0.5, beta: float = 6.0):
+    def __init__(self, attack: AttackFn, mu: float = 0.5, beta: float = 6.0):
         super().__init__(attack)
         self.mu = _check_number("mixed", "mu", mu, unit=True)
         self.beta = _check_number("mixed", "beta", beta)
@@ -294,7 +295,7 @@ class MartObjective(Objective):
 
     name = "mart"
 
-    def __init__(self, attack: Attack, beta: float = 6.0):
+    def __init__(self, attack: AttackFn, beta: float = 6.0):
         super().__init__(attack)
         self.beta = _check_number("mart", "beta", beta)
 
@@ -355,7 +356,7 @@ def objective_names() -> list[str]:
 
 def make_objective(
     name: str,
-    attack: Attack | None = None,
+    attack: AttackFn | None = None,
     eps: float | None = None,
     alpha: float | None = None,
     steps: int | None = None,
