@@ -35,7 +35,7 @@ import torch
 import oat
 from oat.attacks.base import eval_mode
 from oat.datasets.base import dataset_tensors, to_unit
-from oat.evaluation import _robust_flags, parse_attack, subset_indices, unpack_flags
+from oat.evaluation import _survivors, parse_attack, subset_indices, unpack_bits
 from oat.runs import load_run, run_data
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0]
@@ -53,14 +53,14 @@ def parts_seconds(model, splits, attacks, eps, n, seed, batch_size, device) -> f
                 correct = torch.cat([model(x[s:s + batch_size], lam).argmax(1) for s in range(0, len(y), batch_size)]) == y
             keep = correct.nonzero().squeeze(1)
             for name in attacks:
-                _robust_flags(parse_attack(name), model, x, y, keep, lam, eps, seed, batch_size, index[keep.cpu()])
+                _survivors(parse_attack(name), model, x, y, keep, lam, eps, seed, batch_size, index[keep.cpu()])
     return time.perf_counter() - started
 
 
 def differing(a: dict, b: dict) -> int:
     n = a["n"]
-    return sum(int((unpack_flags(p["per_example"]["robust_worst"], n)
-                    != unpack_flags(q["per_example"]["robust_worst"], n)).sum())
+    return sum(int((unpack_bits(p["per_example"]["robust_worst"], n)
+                    != unpack_bits(q["per_example"]["robust_worst"], n)).sum())
                for p, q in zip(a["points"], b["points"]))
 
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from oat.evaluation import unpack_flags
+from oat.evaluation import unpack_bits
 
 from .pareto import hypervolume
 
@@ -44,8 +44,8 @@ def _flags(points: list[dict], n: int) -> tuple[np.ndarray, np.ndarray] | None:
     """[points, n] boolean arrays of clean and worst-case correctness, or None when a point lacks them."""
     if not points or any(not p.get("per_example") for p in points):
         return None
-    clean = np.stack([unpack_flags(p["per_example"]["clean"], n) for p in points])
-    worst = np.stack([unpack_flags(p["per_example"]["robust_worst"], n) for p in points])
+    clean = np.stack([unpack_bits(p["per_example"]["clean"], n) for p in points])
+    worst = np.stack([unpack_bits(p["per_example"]["robust_worst"], n) for p in points])
     return clean, worst
 
 

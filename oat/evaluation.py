@@ -79,7 +79,7 @@ def parse_attack(name: str) -> AttackSpec:
     )
 
 
-def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
+def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
                   examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
                   ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
     """Per attacked (λ, example) pair: still classified correctly after the attack.
@@ -93,9 +93,9 @@ def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all
         raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); these lie in "
                          f"{'the reals' if bounds is None else list(bounds)}: use pgd-N or cw-N")
     if spec.name == "autoattack":
-        return _autoattack_flags(model, x_all, y_all, examples, lam, eps, seed, batch_size)
+        return _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size)
     attack = _make_attack(spec, eps, seed, bounds)
-    flags = []
+    survived = []
     for start in range(0, len(examples), batch_size):
         chunk = slice(start, start + batch_size)
         xb, yb = x_all[examples[chunk]], y_all[examples[chunk]]
@@ -107,8 +107,8 @@ def _robust_flags(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all
             x_adv = part(model, xb[keep], yb[keep], lk, example_ids=ids[chunk][keep.cpu()])
             with torch.no_grad():
                 robust[keep] = model(x_adv, lk).argmax(1) == yb[keep]
-        flags.append(robust)
-    return torch.cat(flags) if flags else torch.zeros(0, dtype=torch.bool, device=x_all.device)
+        survived.append(robust)
+    return torch.cat(survived) if survived else torch.zeros(0, dtype=torch.bool, device=x_all.device)
 
 
 def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, float] | None) -> list:
@@ -122,17 +122,17 @@ def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, f
     return [APGD(eps, loss=loss, seed=seed) for loss in losses]
 
 
-def _autoattack_flags(model, x_all, y_all, examples, lam, eps, seed, batch_size) -> torch.Tensor:
+def _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size) -> torch.Tensor:
     """The standard AutoAttack through the package, which takes one λ at a time."""
-    flags = torch.zeros(len(examples), dtype=torch.bool, device=x_all.device)
+    survived = torch.zeros(len(examples), dtype=torch.bool, device=x_all.device)
     values = lam.unique().tolist() if isinstance(lam, torch.Tensor) else [lam]
     for value in values:
         pick = (lam == value).nonzero().squeeze(1) if isinstance(lam, torch.Tensor) else torch.arange(len(examples))
         chosen = examples[pick.to(examples.device)]
         result = autoattack(model, x_all[chosen], y_all[chosen], value, eps, version="standard",
                             batch_size=batch_size, seed=seed, device=x_all.device)
-        flags[pick.to(flags.device)] = result.robust.to(flags.device)
-    return flags
+        survived[pick.to(survived.device)] = result.robust.to(survived.device)
+    return survived
 
 
 def _noise(p: float, n: int) -> float:
@@ -163,13 +163,13 @@ def consistency_flags(points: list[dict], n: int) -> list[dict]:
     return flags
 
 
-def pack_flags(flags: torch.Tensor) -> str:
+def pack_bits(bits: torch.Tensor) -> str:
     """Per-example booleans as a hex string, eight examples a byte (10,000 examples: 2,500 characters)."""
-    return np.packbits(flags.detach().cpu().numpy().astype(bool)).tobytes().hex()
+    return np.packbits(bits.detach().cpu().numpy().astype(bool)).tobytes().hex()
 
 
-def unpack_flags(text: str, n: int) -> np.ndarray:
-    """The ``n`` booleans :func:`pack_flags` packed."""
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The ``n`` booleans :func:`pack_bits` packed."""
     return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8), count=n).astype(bool)
 
 
@@ -217,7 +217,7 @@ def evaluate(
     check every model saw the same ones; see :mod:`oat.protocol`), ``attacks``, ``seed``,
     ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``, and
     ``per_example``: which examples were correct clean and under every attack, as
-    :func:`pack_flags` strings in subset order), ``cascade``, ``flags`` and ``seconds``;
+    :func:`pack_bits` strings in subset order), ``cascade``, ``flags`` and ``seconds``;
     accuracies are fractions in [0, 1]. ``cascade``: see the module docstring.
 
     ``batch_size``: examples per attack call; None: :func:`default_batch_size` for the device.
@@ -277,22 +277,22 @@ def evaluate(
             progress.update(step, f"{label} clean {clean.float().mean().item():.3f}")
             for si, spec in enumerate(specs):
                 attacked = (worst[group] if cascade else clean).flatten().nonzero().squeeze(1)
-                flags = torch.zeros(len(examples), dtype=torch.bool, device=device)
+                survived = torch.zeros(len(examples), dtype=torch.bool, device=device)
                 if attacked.numel():
                     on_host = attacked.cpu()
-                    flags[attacked] = _robust_flags(spec, model, x_all, y_all, examples[attacked],
+                    survived[attacked] = _survivors(spec, model, x_all, y_all, examples[attacked],
                                                     pair_lam[on_host] if len(group) > 1 else lam, eps, seed,
                                                     batch_size, ids[on_host], bounds)
-                robust[spec.name][group] = flags.view(len(group), total)
+                robust[spec.name][group] = survived.view(len(group), total)
                 worst[group] &= robust[spec.name][group]
-                progress.update(step + si + 1, f"{label} {spec.name} {flags.float().mean().item():.3f}")
+                progress.update(step + si + 1, f"{label} {spec.name} {survived.float().mean().item():.3f}")
     points = []
     for k, lam in enumerate(lambdas):
         points.append({"lambda": lam, "clean": correct[k].float().mean().item(),
-                       "robust": {name: flags[k].float().mean().item() for name, flags in robust.items()},
+                       "robust": {name: survived[k].float().mean().item() for name, survived in robust.items()},
                        "robust_worst": worst[k].float().mean().item(),
                        # which examples: lets a comparison bootstrap over the shared test subset
-                       "per_example": {"clean": pack_flags(correct[k]), "robust_worst": pack_flags(worst[k])}})
+                       "per_example": {"clean": pack_bits(correct[k]), "robust_worst": pack_bits(worst[k])}})
     return {
         "dataset": dataset_name,
         "split": split,

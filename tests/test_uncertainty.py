@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oat.frontier.uncertainty import bootstrap_ratio, wilson_interval
-from oat.evaluation import pack_flags, unpack_flags
+from oat.evaluation import pack_bits, unpack_bits
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_the_unit_interval():
@@ -21,17 +21,17 @@ def test_wilson_interval_matches_the_formula_and_stays_in_the_unit_interval():
 
 
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 10_000])
-def test_per_example_flags_round_trip(n):
-    flags = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
-    text = pack_flags(flags)
+def test_per_example_bits_round_trip(n):
+    bits = torch.rand(n, generator=torch.Generator().manual_seed(n)) < 0.5
+    text = pack_bits(bits)
     assert len(text) == 2 * ((n + 7) // 8)
-    assert np.array_equal(unpack_flags(text, n), flags.numpy())
+    assert np.array_equal(unpack_bits(text, n), bits.numpy())
 
 
 def _point(clean, worst):
     return {"clean": float(clean.mean()), "robust_worst": float(worst.mean()),
-            "per_example": {"clean": pack_flags(torch.from_numpy(clean)),
-                            "robust_worst": pack_flags(torch.from_numpy(worst))}}
+            "per_example": {"clean": pack_bits(torch.from_numpy(clean)),
+                            "robust_worst": pack_bits(torch.from_numpy(worst))}}
 
 
 def _model_points(rng, n, rates):
