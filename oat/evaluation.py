@@ -80,8 +80,8 @@ def parse_attack(name: str) -> AttackSpec:
 
 
 def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
-                  examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
-                  ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
+               examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
+               ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
     """Per attacked (λ, example) pair: still classified correctly after the attack.
 
     ``examples`` (on x's device): each pair's row of ``x_all``, clean-correct ones only; ``lam``:
@@ -264,12 +264,10 @@ def evaluate(
             # The group's (λ, example) pairs, λ-major: pair p is example p % total at λ group[p // total].
             examples = torch.arange(total, device=device).repeat(len(group))
             pair_lam = torch.tensor([lambdas[k] for k in group], dtype=torch.float32).repeat_interleave(total)
-            lam = pair_lam if len(group) > 1 else lambdas[group[0]]
             ids = index.repeat(len(group))
             label = "λ=" + ",".join(f"{lambdas[k]:g}" for k in group)
             with torch.no_grad():
-                predictions = torch.cat([model(x_all[examples[s:s + batch_size]],
-                                               lam[s:s + batch_size] if len(group) > 1 else lam).argmax(1)
+                predictions = torch.cat([model(x_all[examples[s:s + batch_size]], pair_lam[s:s + batch_size]).argmax(1)
                                          for s in range(0, len(examples), batch_size)])
             clean = (predictions == y_all[examples]).view(len(group), total)
             correct[group], worst[group] = clean, clean
@@ -280,9 +278,8 @@ def evaluate(
                 survived = torch.zeros(len(examples), dtype=torch.bool, device=device)
                 if attacked.numel():
                     on_host = attacked.cpu()
-                    survived[attacked] = _survivors(spec, model, x_all, y_all, examples[attacked],
-                                                    pair_lam[on_host] if len(group) > 1 else lam, eps, seed,
-                                                    batch_size, ids[on_host], bounds)
+                    survived[attacked] = _survivors(spec, model, x_all, y_all, examples[attacked], pair_lam[on_host],
+                                                    eps, seed, batch_size, ids[on_host], bounds)
                 robust[spec.name][group] = survived.view(len(group), total)
                 worst[group] &= robust[spec.name][group]
                 progress.update(step + si + 1, f"{label} {spec.name} {survived.float().mean().item():.3f}")

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import yaml
 
 from oat import models
 
@@ -48,10 +47,10 @@ def trained_config(run_dir: Path) -> dict | None:
     if not (run_dir / CHECKPOINT).exists():
         return None
     try:
-        saved = yaml.safe_load((run_dir / CONFIG).read_text()) if (run_dir / CONFIG).exists() else None
-    except yaml.YAMLError:
+        saved = read_yaml_mapping(run_dir / CONFIG, "run config")
+    except ConfigError:  # missing or unreadable: the checkpoint keeps its own copy
         saved = None
-    return saved if isinstance(saved, dict) else load_checkpoint(run_dir / CHECKPOINT)["config"]
+    return saved or load_checkpoint(run_dir / CHECKPOINT)["config"]
 
 
 def trained_epochs(run_dir: Path) -> int:
