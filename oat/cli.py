@@ -20,6 +20,17 @@ class UserError(Exception):
     """A problem with what the user asked for: reported in one line, exit code 2."""
 
 
+def _radii(text: str) -> list[float]:
+    """``--eps-sweep``: comma-separated radii, each a finite number ≥ 0."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--eps-sweep must be comma-separated numbers, got {text!r}") from None
+    if not values or not all(math.isfinite(v) and v >= 0 for v in values):
+        raise UserError(f"--eps-sweep must hold radii ≥ 0, got {text!r}")
+    return values
+
+
 def _float_list(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
@@ -119,13 +130,47 @@ def cmd_eval(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     cascade = args.cascade or saved.cascade
+    eps_sweep = _radii(args.eps_sweep) if args.eps_sweep is not None else None
+    try:
+        for value in eps_sweep or []:
+            check_eps(value, splits.info, "--eps-sweep")
+        splits.split(args.split)
+    except ValueError as error:
+        raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
-                          show_progress=not args.quiet, splits=splits, cascade=cascade)
+                          show_progress=not args.quiet, splits=splits, cascade=cascade, split=args.split,
+                          eps_sweep=eps_sweep)
     result["checkpoint"] = str(checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / EVAL_RESULT
     write_text_atomic(out, json.dumps(result, indent=2) + "\n")
     print_table(result)
     print(f"wrote {out}")
+    return 0
+
+
+def _plot_curves(args) -> int:
+    """``oat plot --curves RUN...`` (training curves) or ``--eps-curve`` (RA against ε)."""
+    from oat.frontier.curves import plot_robustness, plot_training
+    from .runs import EVAL_RESULT
+
+    if args.curves and args.eps_curve:
+        raise UserError("--curves and --eps-curve draw different pictures: choose one")
+    first = Path(args.dirs[0])
+    try:
+        if args.curves:
+            paths = plot_training(args.dirs, Path(args.out) if args.out else first / "curves.png")
+        else:
+            results = []
+            for item in args.dirs:
+                path = Path(item) / EVAL_RESULT if Path(item).is_dir() else Path(item)
+                if not path.is_file():
+                    raise FileNotFoundError(f"{item}: no {EVAL_RESULT}")
+                results.append((path.parent.name, json.loads(path.read_text())))
+            out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "robustness_curve.png"
+            paths = plot_robustness(results, out)
+    except (FileNotFoundError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise UserError(" ".join(str(error).splitlines())) from None
+    print(f"wrote {paths[0]}, {paths[1]}")
     return 0
 
 
@@ -146,6 +191,8 @@ def cmd_plot(args) -> int:
     from oat.frontier.plot import plot
     from oat.frontier.report import find_results, write_report
 
+    if args.curves or args.eps_curve:
+        return _plot_curves(args)
     try:
         comparison = find_results(args.dirs, allow_mismatch=args.allow_mismatch)
     except (FileNotFoundError, ValueError) as error:  # ProtocolMismatch is a ValueError
@@ -226,7 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint.pt, or its run directory (then eval.json goes into that directory)")
     ev.add_argument("--lambdas", help="comma-separated λ values (default: the run's eval.lambdas, else its training "
                                       "values plus 0.05,0.25,0.5,0.7,0.9)")
-    ev.add_argument("--attacks", help="comma-separated: fgsm, pgd-N, pgd-NxR, cw-N, autoattack, apgd "
+    ev.add_argument("--attacks", help="comma-separated: fgsm, pgd-N, pgd-NxR, cw-N, autoattack, apgd, apgd-ce, "
+                    "apgd-dlr, apgd-t, square "
                                       "(default: the config's eval.attacks)")
     ev.add_argument("--eps", type=float, help="L∞ radius (default: the run's eval.eps, else its training ε)")
     ev.add_argument("--n", type=int, help="evaluate a fixed, seeded subset of N test examples (default: the run's eval.n)")
@@ -238,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--cascade", action="store_true",
                     help="run each attack only on the examples every earlier attack failed on: the same worst case, "
                          "cheaper; later attacks' own figures become cumulative (default: the run's eval.cascade)")
+    ev.add_argument("--split", choices=("test", "validation"),
+                    help="the split to evaluate (default: the validation split when the run carved one with "
+                         "data.options.validation_size, else the test split)")
+    ev.add_argument("--eps-sweep", metavar="E1,E2,...",
+                    help="also measure the robustness curve: worst-case RA per λ at each of these radii (flags RA "
+                         "that rises with ε or does not fall from ε to 2ε; drawn by oat plot --eps-curve)")
     ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
     ev.add_argument("--threads", type=int, help="CPU threads (default: $OMP_NUM_THREADS, else the idle cores)")
     ev.add_argument("--data-root", help="where the dataset lives (default: the training config's)")
@@ -268,6 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "summary.json beside them. Every model must have been evaluated the same way (dataset, split, "
                     "ε, norm, test subset, attacks, seed); a mismatch is refused.")
     pl.add_argument("dirs", nargs="+", metavar="DIR")
+    pl.add_argument("--curves", action="store_true",
+                    help="instead: draw the training curves of the run directories (validation accuracy with the "
+                         "overestimation flag shaded, FOSC, gradient-norm spikes) into DIR/curves.png")
+    pl.add_argument("--eps-curve", action="store_true",
+                    help="instead: draw RA against ε from evaluations made with oat eval --eps-sweep (run "
+                         "directories or eval.json files) into DIR/robustness_curve.png")
     pl.add_argument("--out", help="image path (default DIR/frontier_plot.png; an .svg is written beside it)")
     pl.add_argument("--allow-mismatch", action="store_true",
                     help="compare models evaluated differently anyway; the plot, report.md and summary.json "

@@ -85,6 +85,28 @@ class AWPConfig:
 
 
 @dataclass
+class ValidateConfig:
+    """The overestimation monitor (oat.monitor): needs data.options.validation_size."""
+
+    every: int = 1  # epochs between validations (the last epoch is always validated)
+    n: int = 500  # validation examples, a fixed seeded subset of the validation split
+    attacks: list = field(default_factory=lambda: ["pgd-10", "apgd-ce", "apgd-dlr"])
+    lambdas: list | None = None  # None: 0, the training values' median and 1 (OAT); the model's λ (dedicated)
+    margin: float = 0.05  # flag when PGD's RA exceeds the APGD worst case by more than this plus noise
+    seed: int = 0
+
+
+@dataclass
+class FoscNoiseConfig:
+    """The remedy of arXiv 2410.07675: Gaussian noise on the next epoch's first batches when FOSC is high."""
+
+    threshold: float | None = None  # required: the FOSC above which the next epoch is noised
+    sigma: float = 0.1
+    batches: int = 10
+    source: str = "train"  # train: the training attack's FOSC | validation: the last validation's
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
@@ -98,6 +120,8 @@ class TrainConfig:
     fosc_every: int = 4  # probe the training attack's FOSC on every Nth batch (≤ 1% of training's passes)
     threads: int | None = None  # CPU threads; None: $OMP_NUM_THREADS, else the cores not already busy
     awp: AWPConfig = field(default_factory=AWPConfig)
+    validate: ValidateConfig | None = None  # None: no validation monitor
+    fosc_noise: FoscNoiseConfig | None = None  # None: no FOSC noise
 
 
 @dataclass
@@ -203,6 +227,12 @@ _RANGES = {
     "train.fosc_every": (lambda v: v >= 1, "at least 1"),
     "train.awp.gamma": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0 (0 disables AWP)"),
     "train.awp.warmup_epochs": (lambda v: v >= 0, "an integer ≥ 0"),
+    "train.validate.every": (lambda v: v >= 1, "at least 1"),
+    "train.validate.n": (lambda v: v >= 1, "at least 1"),
+    "train.validate.margin": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "train.fosc_noise.threshold": (lambda v: v is None or (_finite(v) and v >= 0), "a finite number ≥ 0"),
+    "train.fosc_noise.sigma": (lambda v: _finite(v) and v > 0, "a finite positive number"),
+    "train.fosc_noise.batches": (lambda v: v >= 1, "at least 1"),
     "optim.lr": (lambda v: _finite(v) and v > 0, "a finite positive number"),
     "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "optim.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
@@ -236,7 +266,35 @@ def _choices() -> dict[str, tuple]:
         "optim.name": ("sgd", "adam"),
         "schedule.name": SCHEDULES,
         "train.precision": ("fp32", "bf16", "fp16"),
+        "train.fosc_noise.source": ("train", "validation"),
     }
+
+
+def _present(data: dict, key: str) -> bool:
+    """Whether dotted ``key`` exists (an optional section set to null holds none of its keys)."""
+    node = data
+    for part in key.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    return isinstance(node, dict)
+
+
+def _check_monitor(config: Config) -> None:
+    validate = config.train.validate
+    if validate is not None:
+        from .monitor import check_validate_attacks
+
+        _check_attacks(validate.attacks, "train.validate.attacks")
+        check_validate_attacks(validate.attacks)
+        for value in validate.lambdas or []:
+            if not _finite(value) or not 0 <= value <= 1:
+                raise ConfigError(f"config key 'train.validate.lambdas' must hold λ values in [0, 1], got {value!r}")
+    noise = config.train.fosc_noise
+    if noise is not None:
+        if noise.threshold is None:
+            raise ConfigError("config key 'train.fosc_noise.threshold' must be set: the FOSC above which the next "
+                              "epoch's first batches get noise")
+        if noise.source == "validation" and validate is None:
+            raise ConfigError("config key 'train.fosc_noise.source' is validation but train.validate is not set")
 
 
 def get_key(config: Config | dict, key: str) -> Any:
@@ -254,9 +312,11 @@ def check_config(config: Config) -> None:
     count) happen when the data is loaded."""
     data = config.to_dict()
     for key in _RANGES:
-        if not key.startswith("eval."):
+        if not key.startswith("eval.") and _present(data, key):
             _check_range(key, get_key(data, key))
     for key, names in _choices().items():
+        if not _present(data, key):
+            continue
         value = get_key(data, key)
         if value not in names:
             close = difflib.get_close_matches(str(value), [n for n in names if n], n=1)
@@ -268,6 +328,7 @@ def check_config(config: Config) -> None:
             raise ConfigError(f"config key 'schedule.milestones' must hold epochs between 0 and train.epochs = "
                               f"{config.train.epochs}, got {milestone!r}")
     check_eval(config.eval)
+    _check_monitor(config)
     _check_sampler(config)
     if not config.model.conditioned and config.lambdas.sampler != "fixed":
         raise ConfigError(

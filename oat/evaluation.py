@@ -16,12 +16,17 @@ attack's figure is a standalone one; the results say ``"cascade": true``.
 Attack names: ``fgsm``; ``pgd-N`` / ``pgd-NxR`` (CE-PGD, N steps of 2.5ε/N, R random restarts,
 worst case over restarts); ``cw-N`` / ``cw-NxR`` (CW∞-margin PGD); ``autoattack`` (the standard
 version through pyautoattack: APGD-CE, APGD-T, FAB-T, Square); ``apgd`` (its APGD-CE + APGD-T
-pair, the cheap subset); ``apgd-ce``, ``apgd-t``.
+pair, the cheap subset); ``apgd-ce``, ``apgd-t``; ``apgd-dlr`` (APGD on the untargeted DLR loss,
+blind neither to saturated logits nor to nine target classes' cost); ``square`` (the black-box
+Square attack alone, 5,000 queries).
+
+Every point also carries the masking checks of :mod:`oat.masking` (the share of examples with a
+zero input gradient, the FOSC of each PGD-family attack's final iterate), and ``flags`` lists
+those that fire.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
@@ -31,24 +36,26 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from .attacks import APGD, CW, FGSM, PGD, autoattack
+from .attacks import APGD, CW, FGSM, PGD, Square, autoattack, fosc
 from .attacks.base import eval_mode
 from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
+from .masking import curve_flags, point_flags
 from .progress import Progress
 from .protocol import subset_digest
 
 UNSEEN_LAMBDAS = (0.05, 0.25, 0.5, 0.7, 0.9)
-MASKING_GAP = 0.05  # PGD above AutoAttack by more than this: suspect gradient masking
 
 _STEPPED = re.compile(r"^(pgd|cw)-(\d+)(?:x(\d+))?$")
-_AUTOATTACK = ("autoattack", "apgd", "apgd-ce", "apgd-t")
+_APGD_LOSSES = {"apgd-ce": ["ce"], "apgd-dlr": ["dlr"], "apgd-t": ["dlr-targeted"], "apgd": ["ce", "dlr-targeted"]}
+UNIT_BOX_FAMILIES = ("apgd", "square", "autoattack")  # the package's attacks clip to [0, 1]
 
 
 @dataclass(frozen=True)
 class AttackSpec:
-    """A parsed attack name: ``family`` is fgsm, pgd, cw or autoattack."""
+    """A parsed attack name: ``family`` is fgsm, pgd, cw, apgd, square or autoattack."""
 
     name: str
     family: str
@@ -57,16 +64,22 @@ class AttackSpec:
 
     @property
     def is_autoattack(self) -> bool:
-        return self.family == "autoattack"
+        """One of AutoAttack's attacks or the whole of it (the strong side of a comparison)."""
+        return self.family in ("apgd", "autoattack")
+
+    @property
+    def loss(self) -> str:
+        """The loss a PGD-family attack ascends (and its FOSC is measured on)."""
+        return "cw" if self.family == "cw" else "ce"
 
 
 def parse_attack(name: str) -> AttackSpec:
     """Parse an attack name (see the module docstring); unknown names raise ``ValueError``."""
     name = name.strip().lower()
-    if name == "fgsm":
-        return AttackSpec(name, "fgsm")
-    if name in _AUTOATTACK:
-        return AttackSpec(name, "autoattack")
+    if name in ("fgsm", "square", "autoattack"):
+        return AttackSpec(name, name)
+    if name in _APGD_LOSSES:
+        return AttackSpec(name, "apgd")
     match = _STEPPED.match(name)
     if match:
         steps, restarts = int(match.group(2)), int(match.group(3) or 1)
@@ -75,27 +88,28 @@ def parse_attack(name: str) -> AttackSpec:
         return AttackSpec(name, match.group(1), steps, restarts)
     raise ValueError(
         f"unknown attack {name!r}; use fgsm, pgd-N, pgd-NxR (R restarts), cw-N, cw-NxR, autoattack, apgd, "
-        "apgd-ce or apgd-t"
+        "apgd-ce, apgd-dlr, apgd-t or square"
     )
 
 
 def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
                examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
-               ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)) -> torch.Tensor:
-    """Per attacked (λ, example) pair: still classified correctly after the attack.
+               ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)):
+    """Per attacked (λ, example) pair: still classified correctly after the attack; and, for the
+    PGD family, the FOSC of each pair's final iterate (else None).
 
     ``examples`` (on x's device): each pair's row of ``x_all``, clean-correct ones only; ``lam``:
     one float for every pair, or a CPU tensor with each pair's λ; ``ids`` (CPU): each pair's
     test-set index, which fixes its random starts in PGD, CW and APGD whatever its batch holds;
     ``bounds``: the input box (the dataset's), which every attack stays in.
     """
-    if spec.is_autoattack and bounds != (0.0, 1.0):
+    if spec.family in UNIT_BOX_FAMILIES and bounds != (0.0, 1.0):
         raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); these lie in "
                          f"{'the reals' if bounds is None else list(bounds)}: use pgd-N or cw-N")
     if spec.name == "autoattack":
-        return _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size)
+        return _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size), None
     attack = _make_attack(spec, eps, seed, bounds)
-    survived = []
+    survived, stationarity = [], []
     for start in range(0, len(examples), batch_size):
         chunk = slice(start, start + batch_size)
         xb, yb = x_all[examples[chunk]], y_all[examples[chunk]]
@@ -107,8 +121,12 @@ def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: t
             x_adv = part(model, xb[keep], yb[keep], lk, example_ids=ids[chunk][keep.cpu()])
             with torch.no_grad():
                 robust[keep] = model(x_adv, lk).argmax(1) == yb[keep]
+            if spec.family in ("pgd", "cw"):
+                stationarity.append(fosc(model, xb[keep], x_adv, yb[keep], lk, eps, loss=spec.loss))
         survived.append(robust)
-    return torch.cat(survived) if survived else torch.zeros(0, dtype=torch.bool, device=x_all.device)
+    if not survived:
+        return torch.zeros(0, dtype=torch.bool, device=x_all.device), None
+    return torch.cat(survived), torch.cat(stationarity) if stationarity else None
 
 
 def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, float] | None) -> list:
@@ -118,8 +136,9 @@ def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, f
     if spec.family in ("pgd", "cw"):
         cls = PGD if spec.family == "pgd" else CW
         return [cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed, bounds=bounds)]
-    losses = {"apgd-ce": ["ce"], "apgd-t": ["dlr-targeted"], "apgd": ["ce", "dlr-targeted"]}[spec.name]
-    return [APGD(eps, loss=loss, seed=seed) for loss in losses]
+    if spec.family == "square":
+        return [Square(eps, seed=seed)]
+    return [APGD(eps, loss=loss, seed=seed) for loss in _APGD_LOSSES[spec.name]]
 
 
 def _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size) -> torch.Tensor:
@@ -135,32 +154,9 @@ def _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_s
     return survived
 
 
-def _noise(p: float, n: int) -> float:
-    """Two binomial standard errors of an accuracy p measured on n examples (at least one example)."""
-    return 2.0 * math.sqrt(max(p * (1 - p), 0.0) / max(n, 1)) + 1.0 / max(n, 1)
-
-
-def consistency_flags(points: list[dict], n: int) -> list[dict]:
-    """Flags for each λ where an AutoAttack-family RA exceeds a PGD-family RA by more than
-    sampling noise (the stronger attack should never lose), or where PGD's exceeds AutoAttack's by
-    more than 5 points (a sign of gradient masking: PGD is being fooled, not the model robust)."""
-    flags = []
-    for point in points:
-        robust = point["robust"]
-        strong = [a for a in robust if parse_attack(a).is_autoattack]
-        weak = [a for a in robust if parse_attack(a).family in ("pgd", "cw")]
-        for a in strong:
-            for p in weak:
-                gap = robust[a] - robust[p]
-                if gap > _noise(robust[p], n):
-                    flags.append({"lambda": point["lambda"], "kind": "autoattack_above_pgd",
-                                  "message": f"λ={point['lambda']:g}: {a} RA {robust[a]:.3f} exceeds {p} RA "
-                                             f"{robust[p]:.3f} by more than sampling noise"})
-                elif -gap > MASKING_GAP:
-                    flags.append({"lambda": point["lambda"], "kind": "pgd_above_autoattack",
-                                  "message": f"λ={point['lambda']:g}: {p} RA {robust[p]:.3f} exceeds {a} RA "
-                                             f"{robust[a]:.3f} by more than 5 points (gradient masking?)"})
-    return flags
+def consistency_flags(points: list[dict], n: int, cascade: bool = False) -> list[dict]:
+    """Every point's masking flags (:func:`oat.masking.point_flags`), in order."""
+    return [flag for point in points for flag in point_flags(point, n, cascade)]
 
 
 def pack_bits(bits: torch.Tensor) -> str:
@@ -205,19 +201,24 @@ def evaluate(
     device: torch.device | str | None = None,
     show_progress: bool = False,
     dataset_name: str | None = None,
-    split: str = "test",
+    split: str | None = None,
     cascade: bool = False,
     mix_lambdas: bool | None = None,
 ) -> dict:
     """Evaluate ``model`` at every λ in ``lambdas`` with every attack in ``attacks``.
 
     ``dataset``: a torch Dataset of ([0, 1] image, label) pairs, or :class:`oat.datasets.Splits`
-    (its test split is used, and its input bounds bind every attack). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
+    (its input bounds bind every attack). ``split``: which split of a ``Splits`` ("test" or
+    "validation"; None: the validation split when one was carved, else the test split), or the name
+    a plain Dataset is reported under (None: "test"). Returns what ``eval.json`` holds: ``dataset``, ``split``, ``n``,
     ``eps``, ``norm``, ``subset`` (a fingerprint of the test examples used, so that comparisons can
     check every model saw the same ones; see :mod:`oat.protocol`), ``attacks``, ``seed``,
-    ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``, and
-    ``per_example``: which examples were correct clean and under every attack, as
-    :func:`pack_bits` strings in subset order), ``cascade``, ``flags`` and ``seconds``;
+    ``points`` (per λ: ``lambda``, ``clean``, ``robust`` per attack, ``robust_worst``;
+    ``per_example``: which examples were correct clean, under every attack and under each one
+    (``robust``), as :func:`pack_bits` strings in subset order; ``checks``: ``zero_gradient``, the
+    share of examples whose cross-entropy has an exactly zero input gradient, and ``fosc``, per
+    PGD-family attack the mean and 90% quantile of its final iterates' FOSC), ``cascade``,
+    ``flags`` (:mod:`oat.masking`) and ``seconds``;
     accuracies are fractions in [0, 1]. ``cascade``: see the module docstring.
 
     ``batch_size``: examples per attack call; None: :func:`default_batch_size` for the device.
@@ -236,11 +237,12 @@ def evaluate(
     if not lambdas:
         raise ValueError("no λ values to evaluate")
     bounds = (0.0, 1.0)
-    if hasattr(dataset, "info") and hasattr(dataset, "test"):
+    if hasattr(dataset, "info") and hasattr(dataset, "split"):
         bounds = dataset.info.bounds
         dataset_name = dataset_name or dataset.info.name
-        split = dataset.test_name  # "validation" for a split carved from the training set
-        dataset = dataset.test
+        split = split or dataset.evaluated  # the validation split when one was carved, else the test split
+        dataset = dataset.split(split)
+    split = split or "test"
     if device is None:
         device = next(model.parameters()).device
     device = torch.device(device)
@@ -256,8 +258,9 @@ def evaluate(
     groups = [list(range(len(lambdas)))] if mix_lambdas else [[k] for k in range(len(lambdas))]
     started = time.perf_counter()
     correct = torch.zeros(len(lambdas), total, dtype=torch.bool, device=device)
-    worst = correct.clone()
+    worst, zero_gradient = correct.clone(), correct.clone()
     robust = {spec.name: correct.clone() for spec in specs}
+    stationarity = {spec.name: [None] * len(lambdas) for spec in specs if spec.family in ("pgd", "cw")}
     progress = Progress(len(groups) * (1 + len(specs)), "eval", enabled=show_progress)
     with eval_mode(model):
         for gi, group in enumerate(groups):
@@ -266,30 +269,28 @@ def evaluate(
             pair_lam = torch.tensor([lambdas[k] for k in group], dtype=torch.float32).repeat_interleave(total)
             ids = index.repeat(len(group))
             label = "λ=" + ",".join(f"{lambdas[k]:g}" for k in group)
-            with torch.no_grad():
-                predictions = torch.cat([model(x_all[examples[s:s + batch_size]], pair_lam[s:s + batch_size]).argmax(1)
-                                         for s in range(0, len(examples), batch_size)])
-            clean = (predictions == y_all[examples]).view(len(group), total)
-            correct[group], worst[group] = clean, clean
+            clean, zero = _clean_pass(model, x_all, y_all, examples, pair_lam, batch_size)
+            correct[group], worst[group] = clean.view(len(group), total), clean.view(len(group), total)
+            zero_gradient[group] = zero.view(len(group), total)
             step = gi * (1 + len(specs)) + 1
             progress.update(step, f"{label} clean {clean.float().mean().item():.3f}")
             for si, spec in enumerate(specs):
-                attacked = (worst[group] if cascade else clean).flatten().nonzero().squeeze(1)
+                attacked = (worst[group] if cascade else correct[group]).flatten().nonzero().squeeze(1)
                 survived = torch.zeros(len(examples), dtype=torch.bool, device=device)
                 if attacked.numel():
                     on_host = attacked.cpu()
-                    survived[attacked] = _survivors(spec, model, x_all, y_all, examples[attacked], pair_lam[on_host],
-                                                    eps, seed, batch_size, ids[on_host], bounds)
+                    survived[attacked], values = _survivors(spec, model, x_all, y_all, examples[attacked],
+                                                            pair_lam[on_host], eps, seed, batch_size, ids[on_host],
+                                                            bounds)
+                    if values is not None:  # each λ of the group: the FOSC of its attacked pairs
+                        owner = (attacked // total).cpu()
+                        for position, k in enumerate(group):
+                            stationarity[spec.name][k] = values[owner == position]
                 robust[spec.name][group] = survived.view(len(group), total)
                 worst[group] &= robust[spec.name][group]
                 progress.update(step + si + 1, f"{label} {spec.name} {survived.float().mean().item():.3f}")
-    points = []
-    for k, lam in enumerate(lambdas):
-        points.append({"lambda": lam, "clean": correct[k].float().mean().item(),
-                       "robust": {name: survived[k].float().mean().item() for name, survived in robust.items()},
-                       "robust_worst": worst[k].float().mean().item(),
-                       # which examples: lets a comparison bootstrap over the shared test subset
-                       "per_example": {"clean": pack_bits(correct[k]), "robust_worst": pack_bits(worst[k])}})
+    points = [_point(lam, correct[k], robust, worst[k], zero_gradient[k], stationarity, k)
+              for k, lam in enumerate(lambdas)]
     return {
         "dataset": dataset_name,
         "split": split,
@@ -302,9 +303,60 @@ def evaluate(
         "seed": seed,
         "cascade": bool(cascade),
         "points": points,
-        "flags": consistency_flags(points, total),
+        "flags": consistency_flags(points, total, cascade),
         "seconds": time.perf_counter() - started,
     }
+
+
+def _clean_pass(model, x_all, y_all, examples, lam, batch_size):
+    """Per pair: classified correctly, and whether the input gradient of its cross-entropy is
+    exactly zero (saturated logits; see :mod:`oat.masking`)."""
+    correct, zero = [], []
+    for s in range(0, len(examples), batch_size):
+        x = x_all[examples[s:s + batch_size]].detach().requires_grad_(True)
+        y = y_all[examples[s:s + batch_size]]
+        with torch.enable_grad():
+            logits = model(x, lam[s:s + batch_size])
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), x)
+        correct.append(logits.detach().argmax(1) == y)
+        zero.append(grad.flatten(1).abs().amax(1) == 0)
+    return torch.cat(correct), torch.cat(zero)
+
+
+def _point(lam: float, correct, robust: dict, worst, zero_gradient, stationarity: dict, k: int) -> dict:
+    """One λ's entry of the results (see :func:`evaluate`)."""
+    fosc_summary = {}
+    for name, values in stationarity.items():
+        if values[k] is not None and values[k].numel():
+            v = values[k].float()
+            fosc_summary[name] = {"mean": v.mean().item(), "q90": v.quantile(0.9).item()}
+    return {"lambda": lam, "clean": correct.float().mean().item(),
+            "robust": {name: survived[k].float().mean().item() for name, survived in robust.items()},
+            "robust_worst": worst.float().mean().item(),
+            # which examples: lets a comparison bootstrap over the shared test subset, and the
+            # masking checks compare attacks example by example
+            "per_example": {"clean": pack_bits(correct), "robust_worst": pack_bits(worst),
+                            "robust": {name: pack_bits(survived[k]) for name, survived in robust.items()}},
+            "checks": {"zero_gradient": zero_gradient.float().mean().item(), "fosc": fosc_summary}}
+
+
+def robustness_curve(model: nn.Module, dataset, lambdas: Sequence[float], attacks: Sequence[str],
+                     eps_values: Sequence[float], **options) -> dict:
+    """Worst-case robust accuracy per λ at each radius in ``eps_values`` (sorted), with the
+    masking flags of :func:`oat.masking.curve_flags`: RA that rises with ε, or does not fall from
+    ε to 2ε. ``options``: those of :func:`evaluate` (one subset, one seed for every radius)."""
+    eps_values = sorted(float(e) for e in eps_values)
+    if not eps_values:
+        raise ValueError("no ε values for the robustness curve")
+    results = [evaluate(model, dataset, lambdas, attacks, eps=e, **options) for e in eps_values]
+    n = results[0]["n"]
+    points = [{"lambda": float(lam), "clean": results[0]["points"][k]["clean"],
+               "robust_worst": [r["points"][k]["robust_worst"] for r in results]}
+              for k, lam in enumerate(lambdas)]
+    return {"eps": eps_values, "attacks": results[0]["attacks"], "n": n, "split": results[0]["split"],
+            "points": points,
+            "flags": [f for p in points for f in curve_flags(p["lambda"], eps_values, p["robust_worst"], n)],
+            "seconds": sum(r["seconds"] for r in results)}
 
 
 def format_table(result: dict) -> str:
@@ -323,6 +375,13 @@ def format_table(result: dict) -> str:
     out = [f"{result['dataset']} {result['split']}, n={result['n']}, ε={result['eps']:.4g} (L∞), accuracy in %",
            line(header), line(["-" * w for w in widths])]
     out += [line(r) for r in rows]
+    sweep = result.get("eps_sweep")
+    if sweep:
+        out.append(f"robustness curve, worst case of {', '.join(sweep['attacks'])} (RA in % at each ε)")
+        out.append("  ".join(["λ".rjust(5)] + [f"ε={e:g}".rjust(8) for e in sweep["eps"]]))
+        for point in sweep["points"]:
+            out.append("  ".join([f"{point['lambda']:g}".rjust(5)] + [f"{100 * r:.1f}".rjust(8)
+                                                                        for r in point["robust_worst"]]))
     for flag in result["flags"]:
         out.append(f"FLAG {flag['message']}")
     return "\n".join(out)

@@ -18,7 +18,7 @@ from oat import models
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
-from .evaluation import UNSEEN_LAMBDAS, evaluate
+from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -26,7 +26,8 @@ METRICS = "metrics.jsonl"
 EVAL_RESULT = "eval.json"
 AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (oat.frontier.comparison)
 RESULT_FILES = (EVAL_RESULT, AUTOATTACK_RESULT)
-RUN_FILES = (CHECKPOINT, CONFIG, METRICS, *RESULT_FILES)
+MONITOR = "monitor.json"  # the overestimation monitor's summary (oat.monitor), rewritten at each validation
+RUN_FILES = (CHECKPOINT, CONFIG, METRICS, MONITOR, *RESULT_FILES)
 
 
 def checkpoint_file(path: str | Path) -> Path:
@@ -207,14 +208,21 @@ def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None
 
 def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
                  seed: int = 0, batch_size: int | None = None, data_root: str | None = None,
-                 show_progress: bool = False, splits: datasets.Splits | None = None, cascade: bool = False) -> dict:
-    """Evaluate a loaded run on its own dataset's test split (ε defaults to the training ε);
-    the result is :func:`oat.evaluate`'s dict plus the run's training seconds and epochs."""
+                 show_progress: bool = False, splits: datasets.Splits | None = None, cascade: bool = False,
+                 split: str | None = None, eps_sweep: list[float] | None = None) -> dict:
+    """Evaluate a loaded run on its own dataset (ε defaults to the training ε; ``split``: see
+    :func:`oat.evaluate`); the result is :func:`oat.evaluate`'s dict plus the run's training
+    seconds and epochs, and, given ``eps_sweep``, the robustness curve at those radii
+    (:func:`oat.evaluation.robustness_curve`, its flags added to the result's)."""
     splits = splits or run_data(state, data_root)
     eps = state["eps"] if eps is None else eps
-    check_eps(eps, splits.info)
-    result = evaluate(model, splits, lambdas, attacks, eps=eps, n=n, seed=seed,
-                      batch_size=batch_size, show_progress=show_progress, cascade=cascade)
+    for value in [eps, *(eps_sweep or [])]:
+        check_eps(value, splits.info)
+    options = dict(n=n, seed=seed, batch_size=batch_size, show_progress=show_progress, cascade=cascade, split=split)
+    result = evaluate(model, splits, lambdas, attacks, eps=eps, **options)
+    if eps_sweep:
+        result["eps_sweep"] = robustness_curve(model, splits, lambdas, attacks, eps_sweep, **options)
+        result["flags"] += result["eps_sweep"]["flags"]
     result["train_seconds"] = float(state["train_seconds"])
     result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
     result["epochs"] = int(state["epoch"])

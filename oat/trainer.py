@@ -34,10 +34,12 @@ from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_or
 from .config import Config, ConfigError, check_config, config_differences, dump_config, saved_config
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
+from .monitor import (GradientSignals, format_summary, format_validation, noise_batches, overestimation_summary,
+                      validate, validation_lambdas)
 from .objectives import make_objective
 from .passes import KINDS, PassCounter
 from .progress import Progress, format_seconds
-from .runs import CHECKPOINT, CONFIG, METRICS, build_model
+from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, build_model
 from .sampling import make_sampler
 from .schedules import lr_factor
 
@@ -331,6 +333,8 @@ class TrainingRun:
     start_epoch: int = 0
     train_seconds: float = 0.0
     passes_before: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # the run's, when resumed
+    history: list = field(default_factory=list)  # the metrics records of the epochs done (a resume's included)
+    validation_lambdas: list = field(default_factory=list)  # where the monitor watches (train.validate)
 
     @property
     def checkpoint_path(self) -> Path:
@@ -395,10 +399,28 @@ def _train(config: Config, out_dir: Path, state: dict | None, device: torch.devi
         run.train_seconds += seconds
         record = {"epoch": epoch + 1, **metrics, "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
                   "passes": _run_passes(run.passes_before, run.counter, env)}
+        if _validates(cfg, epoch):
+            record["validation"] = _validate(run)
         _save_epoch(run, record, progress)
         barrier(env)
     run.counter.detach()
+    if cfg.validate is not None and env.is_main:
+        progress.log(format_summary(overestimation_summary(run.history)))
     return run.checkpoint_path
+
+
+def _validates(cfg, epoch: int) -> bool:
+    """Whether the monitor validates after ``epoch`` (0-based): every ``every`` epochs and the last."""
+    return cfg.validate is not None and ((epoch + 1) % cfg.validate.every == 0 or epoch + 1 == cfg.epochs)
+
+
+def _validate(run: TrainingRun) -> dict:
+    """The monitor's validation of the model as it stands (its passes are not training's)."""
+    run.counter.detach()
+    try:
+        return validate(run.model, run.exp.splits, run.validation_lambdas, run.config, run.exp.eps)
+    finally:
+        run.counter.attach(run.model)
 
 
 def setup_training(config: Config, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv) -> TrainingRun:
@@ -430,9 +452,14 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
     steps_per_epoch = len(labels) // cfg.batch_size
     if steps_per_epoch < 1:
         raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(labels)} training examples")
+    if cfg.validate is not None and exp.splits.validation is None:
+        raise ConfigError("train.validate watches a validation split carved from the training set (never the test "
+                          "set): set data.options.validation_size, e.g. 1000")
     run = TrainingRun(config, exp, model, _LossStep(model, objective), objective, optimizer, scaler,
                AWP(cfg.awp.gamma, cfg.awp.warmup_epochs), PassCounter(), images, labels, steps_per_epoch,
                device, env, out_dir)
+    if cfg.validate is not None:
+        run.validation_lambdas = validation_lambdas(config, model.conditioned, exp.train_lambdas)
     if state is not None:
         _restore(run, state)
     if cfg.sync_bn and env.enabled:
@@ -452,6 +479,8 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
         write_text_atomic(out_dir / CONFIG, dump_config(config))
         kept = _read_metrics(out_dir / METRICS, run.start_epoch)
         write_text_atomic(out_dir / METRICS, "".join(line + "\n" for line in kept))
+    # Every rank reads what the epochs done logged: the FOSC noise decides from the last of them.
+    run.history = [json.loads(line) for line in _read_metrics(out_dir / METRICS, run.start_epoch)]
     return run
 
 
@@ -483,6 +512,9 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
     augment_kind = config.data.augment or run.exp.splits.info.augment
     fosc_loss = "kl" if isinstance(run.objective.attack, TradesKL) else "ce"
     metrics = EpochMetrics(device)
+    signals = GradientSignals()
+    noised, _ = noise_batches(config, run.history)
+    noise_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, env.rank, 4))
     run.model.train()
     for step in range(run.steps_per_epoch):
         _set_lr(run, (epoch * run.steps_per_epoch + step) / run.steps_per_epoch)
@@ -490,6 +522,8 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
         index = index.to(run.images.device, non_blocking=True)
         x = augment(datasets.to_unit(run.images[index].to(device, non_blocking=True)), augment_kind, aug_gen)
         y = run.labels[index].to(device, non_blocking=True)
+        if step < noised:  # the FOSC noise (arXiv 2410.07675): before the attack, inside the input box
+            x = _gaussian_noise(x, cfg.fosc_noise.sigma, noise_gen, run.exp.splits.info.bounds)
         if cfg.channels_last and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         lam = sampler.sample(x.shape[0])  # stays on the CPU: routing and attack selection need no sync
@@ -501,8 +535,10 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
             loss = out.loss.float().mean()
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
+        if run.scaler.is_enabled():
+            run.scaler.unscale_(run.optimizer)  # the gradient signals and the clip read true gradients
+        signals.add(run.model.parameters())
         if cfg.grad_clip:
-            run.scaler.unscale_(run.optimizer)
             nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
@@ -516,7 +552,13 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
             _check_loss(run, metrics, epoch)
         progress.update(epoch * run.steps_per_epoch + step + 1, f"epoch {epoch + 1}/{cfg.epochs}")
     _check_loss(run, metrics, epoch)
-    return metrics.read(env)
+    return {**metrics.read(env), **signals.summary(), **({"fosc_noise_batches": noised} if noised else {})}
+
+
+def _gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator, bounds) -> torch.Tensor:
+    """``x + N(0, σ²)``, clipped to the input box (drawn on the CPU from the epoch's noise stream)."""
+    noisy = x + sigma * torch.randn(x.shape, generator=generator).to(x.device, non_blocking=True)
+    return noisy if bounds is None else noisy.clamp(*bounds)
 
 
 def _set_lr(run: TrainingRun, epochs_done: float) -> None:
@@ -541,6 +583,7 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
     if broken:
         raise TrainingDiverged(f"{len(broken)} non-finite tensors ({broken[0]} first) after epoch {epoch}; "
                                f"stopped, {_what_is_kept(run.checkpoint_path, epoch - 1)}")
+    run.history.append(record)
     if not run.env.is_main:
         return
     with open(run.out_dir / METRICS, "a") as handle:
@@ -563,6 +606,29 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
     progress.log(f"epoch {epoch}/{run.config.train.epochs}  loss {record['loss']:.4f}  clean {record['clean_acc']:.3f}"
                  f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {record['seconds']:.1f}s"
                  f"  (eta {format_seconds(progress.eta())})")
+    if "validation" in record:
+        for line in format_validation(epoch, record["validation"]):
+            progress.log(line)
+        summary = overestimation_summary(run.history)
+        write_text_atomic(run.out_dir / MONITOR, json.dumps(summary, indent=2) + "\n")
+        _log_transitions(run.history, progress)
+    noise = run.config.train.fosc_noise
+    batches, value = noise_batches(run.config, run.history)
+    if batches and epoch < run.config.train.epochs:
+        progress.log(f"fosc_noise: FOSC {value:.4g} > {noise.threshold:g} ({noise.source}) after epoch {epoch}: "
+                     f"noise σ={noise.sigma:g} on the first {batches} batches of epoch {epoch + 1}")
+
+
+def _log_transitions(history: list[dict], progress: Progress) -> None:
+    """Say when a λ's overestimation flag is raised or cleared at the latest validation."""
+    now, before = overestimation_summary(history), overestimation_summary(history[:-1])
+    epoch = history[-1]["epoch"]
+    was = {p["lambda"]: p["flagged_at_end"] for p in before["lambdas"]}
+    for point in now["lambdas"]:
+        if point["flagged_at_end"] and not was.get(point["lambda"], False):
+            progress.log(f"overestimation: λ={point['lambda']:g} flagged from epoch {epoch} (PGD above APGD)")
+        elif not point["flagged_at_end"] and was.get(point["lambda"], False):
+            progress.log(f"overestimation: λ={point['lambda']:g} cleared at epoch {epoch} (self-healed)")
 
 
 def _run_passes(before: dict, counter: PassCounter, env: DistEnv) -> dict[str, int]:

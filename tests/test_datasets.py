@@ -265,7 +265,7 @@ def test_train_size_keeps_a_seeded_class_stratified_subset():
     a, b, c = (apply_subsets(full, train_size=20, subset_seed=seed) for seed in (0, 0, 1))
     assert torch.bincount(a.train.labels).tolist() == [5, 5, 5, 5]
     assert torch.equal(a.train.images, b.train.images) and not torch.equal(a.train.images, c.train.images)
-    assert a.test is full.test and a.test_name == "test"
+    assert a.test is full.test and a.validation is None and a.evaluated == "test"
     assert a.info.mean[0] == pytest.approx(a.train.images.double().mean().item() / 255)
     with pytest.raises(ValueError, match="train_size must be an integer in 1..100, got 101"):
         apply_subsets(full, train_size=101)
@@ -276,17 +276,23 @@ def test_a_validation_split_is_carved_from_the_training_set_never_the_test_set()
     carved = datasets.load("digits", validation_size=300, train_size=600, subset_seed=2)
     train_ids = {tuple(x.flatten().tolist()) for x in splits.train.images}
     test_ids = {tuple(x.flatten().tolist()) for x in splits.test.images}
-    validation = [tuple(x.flatten().tolist()) for x in carved.test.images]
-    assert carved.test_name == "validation" and len(carved.test) == 300 and len(carved.train) == 600
+    validation = [tuple(x.flatten().tolist()) for x in carved.validation.images]
+    assert carved.evaluated == "validation" and len(carved.validation) == 300 and len(carved.train) == 600
+    assert carved.split("test") is carved.test and torch.equal(carved.test.images, splits.test.images)
     assert all(v in train_ids for v in validation) and not any(v in test_ids for v in validation)
     kept = {tuple(x.flatten().tolist()) for x in carved.train.images}
     assert not kept & set(validation)  # disjoint from what trains
-    assert max(torch.bincount(carved.test.labels)) - min(torch.bincount(carved.test.labels)) <= 2  # stratified
+    counts = torch.bincount(carved.validation.labels)
+    assert max(counts) - min(counts) <= 2  # stratified
     # The validation split does not depend on the training budget.
     same = datasets.load("digits", validation_size=300, train_size=200, subset_seed=2)
-    assert torch.equal(same.test.images, carved.test.images)
+    assert torch.equal(same.validation.images, carved.validation.images)
     result = __import__("oat").evaluate(_tiny_plain_model(), carved, [0.0], ["fgsm"], eps=0.1)
     assert result["split"] == "validation" and result["n"] == 300
+    result = __import__("oat").evaluate(_tiny_plain_model(), carved, [0.0], ["fgsm"], eps=0.1, split="test")
+    assert result["split"] == "test" and result["n"] == len(splits.test)
+    with pytest.raises(ValueError, match="digits has no validation split"):
+        splits.split("validation")
 
 
 def _tiny_plain_model():

@@ -268,7 +268,7 @@ EVAL_CASES = [
     *(eval_case(f"attacks {text!r}", f"--attacks={text}", expect=bad)
       for text, bad in [("", "--attacks"), (",", "--attacks"), ("pgd-0", "pgd-0"), ("pgd-x", "pgd-x"),
                         ("cw-", "cw-"), ("apgd-zz", "apgd-zz"), ("autoattack,foo", "foo"), ("pgd-20x0", "pgd-20x0"),
-                        ("pgd--5", "pgd--5"), ("fgsm;pgd-20", "fgsm;pgd-20"), ("square", "square")]),
+                        ("pgd--5", "pgd--5"), ("fgsm;pgd-20", "fgsm;pgd-20"), ("squares", "squares")]),
     # numbers
     *(eval_case(f"eps {text}", f"--eps={text}", expect="--eps") for text in ("-1", "nan", "inf", "-inf", "2")),
     *(eval_case(f"n {text}", f"--n={text}", expect="--n") for text in ("0", "-5")),

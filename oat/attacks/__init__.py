@@ -15,6 +15,7 @@ from .cw import CW
 from .fgsm import FGSM
 from .fosc import fosc
 from .pgd import PGD, reference_step_size
+from .square import Square
 from .trades import TradesKL
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "CW",
     "FGSM",
     "PGD",
+    "Square",
     "TradesKL",
     "autoattack",
     "fosc",

@@ -1,8 +1,9 @@
-"""APGD-CE and APGD-T (Croce & Hein 2020) with AutoAttack's standard settings, λ-aware.
+"""APGD-CE, APGD-DLR and APGD-T (Croce & Hein 2020) with AutoAttack's standard settings, λ-aware.
 
 The iterations are the authors' own (``pyautoattack``'s ``attack_single_run``: 100 steps, step
 size 2ε halved at the checkpoints, momentum 0.75; APGD-T on the targeted DLR loss against the 9
-classes ranked highest at the clean point). What oat drives itself is what the package's runner
+classes ranked highest at the clean point; APGD-DLR on the untargeted DLR loss, which — unlike
+cross-entropy — does not vanish when the logits saturate). What oat drives itself is what the package's runner
 fixes per batch:
 
 * λ may differ per example (a tensor ``[B]``), so one attack covers several λ values at once;
@@ -24,14 +25,14 @@ import torch.nn as nn
 
 from .base import Attack, check_count, example_noise, forward, frozen_lambda
 
-LOSSES = ("ce", "dlr-targeted")
+LOSSES = ("ce", "dlr", "dlr-targeted")
 _SILENT = logging.getLogger("oat.apgd")
 _SILENT.disabled = True  # the package's "zero gradient" warnings; AutoAttack's runner silences them too
 
 
 class APGD(Attack):
-    """APGD on the cross-entropy (``loss="ce"``, APGD-CE) or the targeted DLR loss
-    (``loss="dlr-targeted"``, APGD-T).
+    """APGD on the cross-entropy (``loss="ce"``, APGD-CE), the DLR loss (``loss="dlr"``, APGD-DLR;
+    needs at least 3 classes) or the targeted DLR loss (``loss="dlr-targeted"``, APGD-T).
 
     Args:
         eps: L∞ radius ε (inputs in [0, 1]).
@@ -64,11 +65,14 @@ class APGD(Attack):
         kind = APGDAttack_targeted if targeted else APGDAttack
         runner = kind(None, n_iter=self.steps, norm="Linf", n_restarts=1, eps=self.eps, seed=self.seed,
                       eot_iter=1, rho=0.75, device=x.device, logger=_SILENT,
-                      **({"n_target_classes": self.target_classes} if targeted else {"loss": "ce"}))
+                      **({"n_target_classes": self.target_classes} if targeted else {"loss": self.loss}))
         runner.init_hyperparam(x)
         generator = self.call_generator(x.device) if example_ids is None else None
         with torch.no_grad():
-            robust = forward(model, x, frozen_lambda(model, lam, x)).argmax(1) == y
+            logits = forward(model, x, frozen_lambda(model, lam, x))
+        if self.loss != "ce" and logits.shape[1] < 3:
+            raise ValueError(f"APGD's {self.loss} loss needs at least 3 classes, the model has {logits.shape[1]}")
+        robust = logits.argmax(1) == y
         x_adv = x.clone()
         runs = [(k, r) for k in (range(2, self.target_classes + 2) if targeted else [0]) for r in range(self.restarts)]
         for key, (target, restart) in enumerate(runs):

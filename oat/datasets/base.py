@@ -68,12 +68,30 @@ class DatasetInfo:
 
 @dataclass
 class Splits:
-    """A dataset's train and test splits (torch ``Dataset``\\ s) and its :class:`DatasetInfo`."""
+    """A dataset's train and test splits (torch ``Dataset``\\ s) and its :class:`DatasetInfo`, and a
+    validation split when one was carved from the training set (``validation_size``)."""
 
     train: Dataset
     test: Dataset
     info: DatasetInfo
-    test_name: str = "test"  # "validation" when the evaluated split was carved from the training set
+    validation: Dataset | None = None
+
+    @property
+    def evaluated(self) -> str:
+        """The split evaluation reads unless told otherwise: the validation split when there is one
+        (settings are chosen there), else the test split."""
+        return "test" if self.validation is None else "validation"
+
+    def split(self, name: str | None = None) -> Dataset:
+        """The split called ``name`` ("test" or "validation"; None: :attr:`evaluated`)."""
+        name = name or self.evaluated
+        if name == "test":
+            return self.test
+        if name == "validation" and self.validation is not None:
+            return self.validation
+        if name == "validation":
+            raise ValueError(f"{self.info.name} has no validation split: set data.options.validation_size")
+        raise ValueError(f"unknown split {name!r}; choose test or validation")
 
 
 def _as_labels(labels) -> torch.Tensor:

@@ -1,9 +1,9 @@
 """Options every dataset takes: a validation split carved from the training set, a smaller
 training set.
 
-``validation_size: N`` holds N training examples out (seeded, class-stratified) and makes them the
-split that evaluation reads, named ``validation``: settings are chosen there, never on the test
-set. ``train_size: M`` then keeps a seeded, class-stratified M of the remaining training examples
+``validation_size: N`` holds N training examples out (seeded, class-stratified) as the
+``validation`` split, which evaluation then reads unless told to read the test split: settings are
+chosen there, never on the test set, and the training monitor (``train.validate``) watches it. ``train_size: M`` then keeps a seeded, class-stratified M of the remaining training examples
 (the CPU preset of a benchmark trains on a subset). Both draw from ``subset_seed``. The held-out
 examples are chosen from the whole training split before ``train_size`` applies, so a validation
 split does not change with the training budget.
@@ -43,11 +43,11 @@ def apply_subsets(splits: Splits, train_size: int | None = None, validation_size
     module docstring); unchanged when both sizes are None."""
     if train_size is None and validation_size is None:
         return splits
-    train, test, test_name = splits.train, splits.test, splits.test_name
+    train, validation = splits.train, splits.validation
     order = stratified_order(train.labels, subset_seed)
     if validation_size is not None:
         _count("validation_size", validation_size, len(order) - 1)
-        test, test_name = train.subset(order[:validation_size].sort().values), "validation"
+        validation = train.subset(order[:validation_size].sort().values)
         order = order[validation_size:]  # still class-proportional in every prefix
     if train_size is not None:
         order = order[:_count("train_size", train_size, len(order))]
@@ -56,4 +56,4 @@ def apply_subsets(splits: Splits, train_size: int | None = None, validation_size
     if hasattr(train, "images") and train.images.dim() == 4:  # in-memory images: statistics of what trains
         mean, std = channel_stats(train.images)
         info = dataclasses.replace(info, mean=mean, std=std)
-    return Splits(train, test, info, test_name)
+    return Splits(train, splits.test, info, validation)
