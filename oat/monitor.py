@@ -83,6 +83,28 @@ def format_validation(epoch: int, record: dict) -> list[str]:
     return lines
 
 
+def epoch_report(config: Config, records: list[dict]) -> list[str]:
+    """The monitor's log lines after the last epoch of ``records``: its validation, each flag
+    raised or cleared there, and the FOSC noise decided for the next epoch."""
+    lines, record = [], records[-1]
+    epoch = record["epoch"]
+    if record.get("validation"):
+        lines += format_validation(epoch, record["validation"])
+        was = {p["lambda"]: p["flagged_at_end"] for p in overestimation_summary(records[:-1])["lambdas"]}
+        for point in overestimation_summary(records)["lambdas"]:
+            before = was.get(point["lambda"], False)
+            if point["flagged_at_end"] and not before:
+                lines.append(f"overestimation: λ={point['lambda']:g} flagged from epoch {epoch} (PGD above APGD)")
+            elif before and not point["flagged_at_end"]:
+                lines.append(f"overestimation: λ={point['lambda']:g} cleared at epoch {epoch} (self-healed)")
+    batches, value = noise_batches(config, records)
+    if batches and epoch < config.train.epochs:
+        noise = config.train.fosc_noise
+        lines.append(f"fosc_noise: FOSC {value:.4g} > {noise.threshold:g} ({noise.source}) after epoch {epoch}: "
+                     f"noise σ={noise.sigma:g} on the first {batches} batches of epoch {epoch + 1}")
+    return lines
+
+
 def overestimation_summary(records: list[dict]) -> dict:
     """Per λ, the flagged spans of a run's validations: ``[began, cleared]`` epochs (``cleared``
     None while still flagged at the last validation), ``self_healed`` (flagged once, clear at the

@@ -34,8 +34,8 @@ from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_or
 from .config import Config, ConfigError, check_config, config_differences, dump_config, saved_config
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
-from .monitor import (GradientSignals, format_summary, format_validation, noise_batches, overestimation_summary,
-                      validate, validation_lambdas)
+from .monitor import (GradientSignals, epoch_report, format_summary, noise_batches, overestimation_summary, validate,
+                      validation_lambdas)
 from .objectives import make_objective
 from .passes import KINDS, PassCounter
 from .progress import Progress, format_seconds
@@ -607,28 +607,9 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
                  f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {record['seconds']:.1f}s"
                  f"  (eta {format_seconds(progress.eta())})")
     if "validation" in record:
-        for line in format_validation(epoch, record["validation"]):
-            progress.log(line)
-        summary = overestimation_summary(run.history)
-        write_text_atomic(run.out_dir / MONITOR, json.dumps(summary, indent=2) + "\n")
-        _log_transitions(run.history, progress)
-    noise = run.config.train.fosc_noise
-    batches, value = noise_batches(run.config, run.history)
-    if batches and epoch < run.config.train.epochs:
-        progress.log(f"fosc_noise: FOSC {value:.4g} > {noise.threshold:g} ({noise.source}) after epoch {epoch}: "
-                     f"noise σ={noise.sigma:g} on the first {batches} batches of epoch {epoch + 1}")
-
-
-def _log_transitions(history: list[dict], progress: Progress) -> None:
-    """Say when a λ's overestimation flag is raised or cleared at the latest validation."""
-    now, before = overestimation_summary(history), overestimation_summary(history[:-1])
-    epoch = history[-1]["epoch"]
-    was = {p["lambda"]: p["flagged_at_end"] for p in before["lambdas"]}
-    for point in now["lambdas"]:
-        if point["flagged_at_end"] and not was.get(point["lambda"], False):
-            progress.log(f"overestimation: λ={point['lambda']:g} flagged from epoch {epoch} (PGD above APGD)")
-        elif not point["flagged_at_end"] and was.get(point["lambda"], False):
-            progress.log(f"overestimation: λ={point['lambda']:g} cleared at epoch {epoch} (self-healed)")
+        write_text_atomic(run.out_dir / MONITOR, json.dumps(overestimation_summary(run.history), indent=2) + "\n")
+    for line in epoch_report(run.config, run.history):
+        progress.log(line)
 
 
 def _run_passes(before: dict, counter: PassCounter, env: DistEnv) -> dict[str, int]:

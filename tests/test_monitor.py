@@ -13,7 +13,7 @@ import torch.nn as nn
 from oat import datasets, trainer
 from oat.config import ConfigError, check_config, load_config
 from oat.masking import overestimation
-from oat.monitor import (GradientSignals, last_fosc, noise_batches, overestimation_summary, validate,
+from oat.monitor import (GradientSignals, epoch_report, last_fosc, noise_batches, overestimation_summary, validate,
                          validation_lambdas)
 
 from conftest import Saturated
@@ -118,6 +118,9 @@ def test_a_monitored_run_logs_validations_and_the_summary(tmp_path, capsys):
         assert -1 <= record["grad_cosine"]["min"] <= record["grad_cosine"]["mean"] <= 1
     summary = json.loads((out / "monitor.json").read_text())
     assert summary["last_validation"] == 3
+    # The monitor's attacks are not training's cost: the same run unwatched counts the same passes.
+    trainer.train(monitored(epochs=3, **{"train.validate": "null"}), tmp_path / "unwatched", show_progress=False)
+    assert [r["passes"] for r in _records(tmp_path / "unwatched")] == [r["passes"] for r in records]
     captured = capsys.readouterr()
     log = captured.err + captured.out
     assert "validate epoch 2 λ=0:" in log and "overestimation monitor:" in log
@@ -226,3 +229,23 @@ def test_a_resumed_monitored_run_with_noise_matches_the_uninterrupted_one(tmp_pa
     assert [r.get("fosc_noise_batches") for r in resumed] == [None, 2, 2]
     assert json.loads((tmp_path / "killed" / "monitor.json").read_text()) == \
         json.loads((tmp_path / "straight" / "monitor.json").read_text())
+
+
+def test_the_epoch_report_says_when_a_flag_is_raised_or_cleared_and_when_noise_fires():
+    def record(epoch, flagged, fosc=0.1):
+        point = {"lambda": 1.0, "clean": 0.9, "robust": {"pgd-10": 0.5, "apgd-ce": 0.3}, "fosc": {"mean": 1.0},
+                 "overestimation": {"gap": 0.2 if flagged else 0.0, "flagged": flagged}}
+        return {"epoch": epoch, "fosc": fosc,
+                "validation": {"attacks": ["pgd-10", "apgd-ce"], "points": [point]}}
+
+    config = load_config(DIGITS, ["train.epochs=5", "train.fosc_noise={threshold: 0.5, batches: 7}"])
+    raised = epoch_report(config, [record(1, False), record(2, True)])
+    assert raised[0].startswith("validate epoch 2 λ=1: clean 0.900  pgd-10 0.500  apgd-ce 0.300  gap 0.200")
+    assert raised[0].endswith("OVERESTIMATED")
+    assert raised[1:] == ["overestimation: λ=1 flagged from epoch 2 (PGD above APGD)"]
+    cleared = epoch_report(config, [record(1, False), record(2, True), record(3, False, fosc=0.9)])
+    assert cleared[1:] == ["overestimation: λ=1 cleared at epoch 3 (self-healed)",
+                           "fosc_noise: FOSC 0.9 > 0.5 (train) after epoch 3: noise σ=0.1 on the first 7 batches "
+                           "of epoch 4"]
+    assert epoch_report(config, [record(4, False), record(5, False, fosc=0.9)]) == [
+        "validate epoch 5 λ=1: clean 0.900  pgd-10 0.500  apgd-ce 0.300  gap 0.000  fosc 1"]  # no epoch 6 to noise
