@@ -121,8 +121,8 @@ def curve_flags(lam: float, eps: list[float], robust: list[float], n: int) -> li
                 flags.append({"lambda": lam, "kind": "ra_rises_with_eps",
                               "message": f"λ={lam:g}: RA {robust[j]:.3f} at ε={eps[j]:g} exceeds RA {robust[i]:.3f} "
                                          f"at ε={eps[i]:g}: a stronger threat cannot help the model"})
-            elif (eps[j] >= 2 * eps[i] > 0 and robust[i] > 0 and robust[i] - robust[j] <= noise(robust[i], n)
-                  and "flat" not in seen):
+            elif (eps[j] >= 2 * eps[i] > 0 and robust[i] > noise(robust[i], n)  # room to fall, beyond noise
+                  and robust[i] - robust[j] <= noise(robust[i], n) and "flat" not in seen):
                 seen.add("flat")
                 flags.append({"lambda": lam, "kind": "ra_flat_with_eps",
                               "message": f"λ={lam:g}: RA does not fall from ε={eps[i]:g} ({robust[i]:.3f}) to "

@@ -98,6 +98,7 @@ def test_curve_flags_catch_ra_that_rises_or_stays_flat_as_eps_grows():
     flat = curve_flags(1.0, [0.1, 0.2, 0.4], [0.6, 0.59, 0.58], 1000)
     assert [f["kind"] for f in flat] == ["ra_flat_with_eps"]  # once, however many pairs show it
     assert curve_flags(1.0, [0.1, 0.15], [0.6, 0.6], 1000) == []  # 1.5ε: too close to say
+    assert curve_flags(0.0, [0.1, 0.2], [1 / 30, 1 / 30], 30) == []  # one robust example: no room to fall
 
 
 def test_the_robustness_curve_of_a_saturated_model_is_flagged_flat(net_and_digits):
