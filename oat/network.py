@@ -92,13 +92,30 @@ def _per_channel(value, channels: int) -> torch.Tensor:
 
 class FixedLambda(nn.Module):
     """A λ-conditioned network with λ fixed: a plain ``nn.Module`` mapping [0, 1] images to
-    logits, as AutoAttack, torchattacks and RobustBench expect."""
+    logits, as AutoAttack, torchattacks and RobustBench expect.
+
+    The wrapper has no mode of its own: ``training`` is the wrapped model's, so ``.train()`` or
+    ``.eval()`` on either reaches both, and a library that saves the wrapper's mode before an
+    attack and restores it afterwards (torchattacks does) leaves the model as it found it. A
+    wrapper with a mode of its own is born in train mode: restoring that would switch an
+    evaluated model to training and let the next forward overwrite BatchNorm's statistics.
+    """
 
     def __init__(self, model: nn.Module, lam: float):
         super().__init__()
         as_lambda(lam, 1)  # validates: a float in [0, 1]
         self.model = model
         self.lam = float(lam)
+
+    @property
+    def training(self) -> bool:
+        model = self.__dict__.get("_modules", {}).get("model")
+        return self.__dict__.get("_training", True) if model is None else model.training
+
+    @training.setter
+    def training(self, mode: bool) -> None:
+        # nn.Module.train(mode) sets this, then sets every child's: the model's mode follows.
+        self.__dict__["_training"] = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x, self.lam)
