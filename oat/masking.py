@@ -5,7 +5,7 @@ the one rule the training monitor and ``oat eval`` share for "PGD says more than
 Each check reads one λ's evaluation point (see :func:`oat.evaluation.evaluate`):
 
 * ``pgd_above_autoattack`` — overestimation: the share of examples a PGD-family attack leaves
-  standing that an APGD-family attack (or the full AutoAttack) breaks exceeds ``margin`` plus two
+  standing that the APGD-family attacks (or the full AutoAttack) break exceeds ``margin`` plus two
   standard errors (Arxiv 2410.07675's sign, PGD-10 well above AutoAttack);
 * ``autoattack_above_pgd`` — an attack that includes APGD-CE (``apgd-ce``, ``apgd``, ``autoattack``)
   lost to a PGD-family one by more than sampling noise (APGD-DLR alone may: another loss);
@@ -62,6 +62,31 @@ def _bits(point: dict, name: str, n: int):
     return None if packed is None else unpack_bits(packed, n)
 
 
+def pgd_overestimations(point: dict, n: int, margin: float = MARGIN) -> list[dict]:
+    """Per PGD-family attack of one λ's evaluation point: how far its RA sits above the worst case
+    with every APGD-family attack of the point (:func:`overestimation`, plus the attacks' names
+    as ``weak`` and ``strong``). An older ``eval.json`` without per-attack bits is read from its
+    figures: the weak RA minus the lowest strong RA, against ``margin`` alone. The monitor's
+    flag and ``oat eval``'s ``pgd_above_autoattack`` are both this."""
+    from .evaluation import parse_attack
+
+    robust = point["robust"]
+    strong = [a for a in robust if parse_attack(a).family in STRONG]
+    if not strong:
+        return []
+    strong_bits = [_bits(point, a, n) for a in strong]
+    out = []
+    for weak in (a for a in robust if parse_attack(a).family in WEAK):
+        weak_bits = _bits(point, weak, n)
+        if weak_bits is not None and all(b is not None for b in strong_bits):
+            gap = overestimation(weak_bits, np.logical_and.reduce(strong_bits), margin)
+        else:
+            value = robust[weak] - min(robust[a] for a in strong)
+            gap = {"gap": value, "threshold": margin, "flagged": value > margin}
+        out.append({"weak": weak, "strong": strong, **gap})
+    return out
+
+
 def point_flags(point: dict, n: int, cascade: bool = False, margin: float = MARGIN) -> list[dict]:
     """The masking flags of one λ's evaluation point measured on ``n`` examples."""
     from .evaluation import parse_attack
@@ -73,19 +98,14 @@ def point_flags(point: dict, n: int, cascade: bool = False, margin: float = MARG
     def flag(kind: str, message: str) -> None:
         flags.append({"lambda": lam, "kind": kind, "message": f"λ={lam:g}: {message}"})
 
-    for strong in (a for a in robust if family[a] in STRONG):
+    for gap in pgd_overestimations(point, n, margin):
+        if gap["flagged"]:
+            weak = gap["weak"]
+            flag("pgd_above_autoattack", f"{weak} RA {robust[weak]:.3f} exceeds the worst case with "
+                 f"{'+'.join(gap['strong'])} by {gap['gap']:.3f} (> {gap['threshold']:.3f}): gradient masking?")
+    for strong in (a for a in robust if a in WITH_APGD_CE and not cascade):
         for weak in (a for a in robust if family[a] in WEAK):
-            weak_bits, strong_bits = _bits(point, weak, n), _bits(point, strong, n)
-            if weak_bits is not None and strong_bits is not None:
-                gap = overestimation(weak_bits, strong_bits, margin)
-            else:  # an older eval.json: figures only
-                value = robust[weak] - robust[strong]
-                gap = {"gap": value, "threshold": margin, "flagged": value > margin}
-            if gap["flagged"]:
-                flag("pgd_above_autoattack", f"{weak} RA {robust[weak]:.3f} exceeds the worst case with {strong} "
-                     f"by {gap['gap']:.3f} (> {gap['threshold']:.3f}): gradient masking?")
-            elif (not cascade and strong in WITH_APGD_CE
-                  and robust[strong] - robust[weak] > noise(robust[weak], n)):
+            if robust[strong] - robust[weak] > noise(robust[weak], n):
                 flag("autoattack_above_pgd", f"{strong} RA {robust[strong]:.3f} exceeds {weak} RA "
                      f"{robust[weak]:.3f} by more than sampling noise")
     _black_box_flags(point, n, family, flag)

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import statistics
 
-import numpy as np
 import torch
 
 from .config import Config, ConfigError
-from .evaluation import evaluate, parse_attack, unpack_bits
-from .masking import STRONG, WEAK, overestimation
+from .evaluation import evaluate, parse_attack
+from .masking import STRONG, WEAK, pgd_overestimations
 
 SPIKE_FACTOR = 3.0  # a step whose gradient norm exceeds this multiple of its epoch's median is a spike
 
@@ -55,16 +54,12 @@ def validate(model, splits, lambdas: list[float], config: Config, eps: float) ->
     cfg = config.train.validate
     result = evaluate(model, splits, lambdas, cfg.attacks, eps=eps, n=cfg.n, seed=cfg.seed, split="validation")
     n, attacks = result["n"], result["attacks"]
-    weak = next(a for a in attacks if parse_attack(a).family in WEAK)
-    strong = [a for a in attacks if parse_attack(a).family in STRONG]
     points = []
     for point in result["points"]:
-        bits = {a: unpack_bits(point["per_example"]["robust"][a], n) for a in attacks}
-        gap = overestimation(bits[weak], np.logical_and.reduce([bits[a] for a in strong]), cfg.margin)
+        gap = pgd_overestimations(point, n, cfg.margin)[0]  # the first PGD-family attack (one is required)
         points.append({"lambda": point["lambda"], "clean": point["clean"], "robust": point["robust"],
-                       "robust_worst": point["robust_worst"], "fosc": point["checks"]["fosc"].get(weak),
-                       "zero_gradient": point["checks"]["zero_gradient"],
-                       "overestimation": {"weak": weak, "strong": strong, **gap}})
+                       "robust_worst": point["robust_worst"], "fosc": point["checks"]["fosc"].get(gap["weak"]),
+                       "zero_gradient": point["checks"]["zero_gradient"], "overestimation": gap})
     return {"split": result["split"], "n": n, "attacks": attacks, "points": points,
             "flagged": [p["lambda"] for p in points if p["overestimation"]["flagged"]],
             "seconds": result["seconds"]}

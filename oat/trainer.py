@@ -473,14 +473,14 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
         run.step_module = nn.parallel.DistributedDataParallel(
             run.step_module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=run.model.conditioned)
+    # Every rank reads what the epochs done logged: the FOSC noise decides from the last of them.
+    kept = _read_metrics(out_dir / METRICS, run.start_epoch)
+    run.history = [json.loads(line) for line in kept]
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # temporaries of a write that was killed
         write_text_atomic(out_dir / CONFIG, dump_config(config))
-        kept = _read_metrics(out_dir / METRICS, run.start_epoch)
         write_text_atomic(out_dir / METRICS, "".join(line + "\n" for line in kept))
-    # Every rank reads what the epochs done logged: the FOSC noise decides from the last of them.
-    run.history = [json.loads(line) for line in _read_metrics(out_dir / METRICS, run.start_epoch)]
     return run
 
 
