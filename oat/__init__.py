@@ -18,6 +18,7 @@ from .conditioning import (  # noqa: E402
 from .lam import as_lambda  # noqa: E402
 from .network import FixedLambda, LambdaNetwork, fix_lambda, init_from_plain  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
+from .deploy import LambdaServer, export  # noqa: E402
 from .runs import load  # noqa: E402
 
 __all__ = [
@@ -29,10 +30,12 @@ __all__ = [
     "DualBatchNorm",
     "FiLM",
     "FixedLambda",
+    "LambdaServer",
     "LambdaNetwork",
     "LambdaNorm",
     "SinusoidalEncoder",
     "evaluate",
+    "export",
     "fix_lambda",
     "init_from_plain",
     "load",

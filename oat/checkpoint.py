@@ -31,6 +31,7 @@ from typing import Any, BinaryIO, Iterator
 import torch
 
 FORMAT_VERSION = 1
+EXPORT_FORMAT = "oat-export"  # the "format" entry of a file oat export writes (oat.deploy)
 
 # The permissions an ordinary new file gets (os.umask both sets and returns it: read it once, at import).
 _UMASK = os.umask(0o022)
@@ -84,6 +85,11 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a small text file (JSON, YAML, metrics) so readers see the old or the new one, never half."""
     # The encoding Path.write_text/read_text use by default, which the readers of these files use.
     _write_atomic(Path(path), text.encode(locale.getpreferredencoding(False)))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes | memoryview) -> None:
+    """Write a file (an exported model) so readers see the old or the new one, never half."""
+    _write_atomic(Path(path), data)
 
 
 def remove_orphans(directory: str | Path) -> list[Path]:
@@ -170,9 +176,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # data; on an intact archive whatever they raise describes the file, not a bug of oat's.
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as error:
             raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+    if not isinstance(state, dict) or "model" not in state or not ("config" in state or _exported(state)):
         raise CheckpointError(f"{path} is not an oat checkpoint (no model weights and config)")
     return state
+
+
+def _exported(state: dict) -> bool:
+    """Whether ``state`` is a folded network ``oat export`` wrote (weights and spec, no config)."""
+    return state.get("format") == EXPORT_FORMAT and "model_spec" in state
 
 
 def _intact_pickle(path: Path, handle: BinaryIO) -> bytes:

@@ -148,6 +148,99 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def _read_eval(given: str) -> tuple[Path, dict]:
+    """``--eval``: an eval.json, or a run directory holding one."""
+    from .runs import EVAL_RESULT
+
+    path = Path(given) / EVAL_RESULT if Path(given).is_dir() else Path(given)
+    if not path.is_file():
+        raise UserError(f"--eval {given}: " + (f"no {EVAL_RESULT} in this directory (write one with oat eval)"
+                                               if Path(given).is_dir() else "no such file"))
+    try:
+        return path, json.loads(path.read_text())
+    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"{path} is not an evaluation's JSON: {error}") from None
+
+
+def cmd_pick(args) -> int:
+    from oat.frontier.pick import PickError, format_pick, goal, pick
+
+    try:
+        goal(args.min_clean, args.min_robust, args.maximize)  # the options first, before any file is read
+    except PickError as error:
+        raise UserError(str(error)) from None
+    path, result = _read_eval(args.eval)
+    try:
+        picked = pick(result, args.min_clean, args.min_robust, args.maximize)
+    except PickError as error:
+        raise UserError(f"{path}: {error}") from None
+    if args.json:
+        print(json.dumps(picked, indent=2, ensure_ascii=False))
+    else:
+        if picked["warning"]:
+            print(f"oat: warning: {picked['warning']}", file=sys.stderr)
+        print(format_pick(picked))
+    return 0 if picked["lambda"] is not None else 1
+
+
+SUFFIX_FORMATS = {".pt": "pt", ".pth": "pt", ".pt2": "pt2", ".ts": "torchscript", ".torchscript": "torchscript",
+                  ".onnx": "onnx"}
+
+
+def _export_target(args) -> tuple[float | str, str]:
+    """``--lambda`` (a float in [0, 1] or 'input') and the format (--format, else --out's suffix,
+    else pt for a fixed λ and torchscript for λ as an input), refused early when they clash."""
+    from . import deploy
+    from .deploy import INPUT
+
+    lam = args.lam.strip()
+    if lam != INPUT:
+        try:
+            lam = float(lam)
+        except ValueError:
+            lam = math.nan
+        if not 0.0 <= lam <= 1.0:  # also NaN
+            raise UserError(f"--lambda takes one value in [0, 1] or '{INPUT}', got {args.lam!r}")
+    fmt = args.format or SUFFIX_FORMATS.get(Path(args.out).suffix.lower(), "torchscript" if lam == INPUT else "pt")
+    if lam == INPUT and fmt == "pt":
+        raise UserError("--lambda input keeps λ an input: choose --format pt2, torchscript or onnx "
+                        "(the conditioned network's .pt is its checkpoint)")
+    if Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a directory; give the file to write")
+    if fmt == "onnx" and deploy.missing_onnx():
+        raise UserError(f"--format onnx needs {', '.join(deploy.missing_onnx())}: pip install 'oat[onnx]'")
+    return lam, fmt
+
+
+def cmd_export(args) -> int:
+    from . import deploy
+    from .runs import checkpoint_file, load_run
+
+    lam, fmt = _export_target(args)
+    checkpoint = checkpoint_file(args.checkpoint)
+    model, state = load_run(checkpoint)
+    spec = state["model_spec"]
+    if lam == deploy.INPUT and not spec["conditioned"]:
+        raise UserError(f"{checkpoint} holds a plain network, which does not depend on λ: export it at any one λ")
+    try:
+        exported = deploy.export(model, lam)
+    except ValueError as error:  # a λ a categorical encoding does not know
+        raise UserError(f"--lambda: {error}") from None
+    input_shape = tuple(spec["input_shape"])
+    path = deploy.write(exported, args.out, fmt, input_shape, deploy.plain_spec(spec),
+                        None if lam == deploy.INPUT else lam)
+    # Read back what was written and compare it with the checkpoint's network on random images.
+    probe = deploy.example_inputs(exported, input_shape, batch=64, seed=1)
+    difference = deploy.max_difference(model, deploy.load_exported(path, fmt), probe,
+                                       None if lam == deploy.INPUT else lam)
+    what = "λ as an input" if lam == deploy.INPUT else f"folded at λ = {lam:g} into the plain {spec['name']}"
+    print(f"wrote {path} ({fmt}, {what}); max |logit difference| from the checkpoint's network on 64 "
+          f"random images{' at mixed λ' if lam == deploy.INPUT else ''}: {difference:.2e}")
+    if not difference <= deploy.TOLERANCE:  # also NaN
+        print(f"oat: warning: the difference exceeds {deploy.TOLERANCE:g}", file=sys.stderr)
+    return 0
+
+
 def _plot_curves(args) -> int:
     """``oat plot --curves RUN...`` (training curves) or ``--eps-curve`` (RA against ε)."""
     from oat.frontier.curves import plot_robustness, plot_training
@@ -298,6 +391,45 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="output JSON (default: eval.json beside the checkpoint, in its run directory)")
     ev.add_argument("--quiet", action="store_true", help="no progress output")
     ev.set_defaults(run=cmd_eval)
+
+    pk = commands.add_parser(
+        "pick", help="choose λ from an evaluation: a bound on one accuracy, the best of the other",
+        description="Choose the evaluated λ that meets a bound and is best on the other figure (robust accuracy: "
+                    "the per-example worst case over every attack), with 95% Wilson intervals and whether the "
+                    "bound holds at the interval's lower end. Ties go to the better other figure, then the smaller "
+                    "λ. For a model that serves any λ (sinusoidal encoding) it also estimates, by linear "
+                    "interpolation between evaluated λ, a better unmeasured λ to confirm with oat eval. Pick on a "
+                    "validation evaluation (oat eval --split validation): figures of a λ picked on the test split "
+                    "are optimistic. Exit status 1 when no evaluated λ meets the bound.")
+    pk.add_argument("--eval", required=True, metavar="FILE",
+                    help="an eval.json written by oat eval, or the run directory holding it")
+    pk.add_argument("--min-clean", type=float, metavar="X",
+                    help="keep λ with clean accuracy ≥ X (a fraction in [0, 1]); maximise robust accuracy")
+    pk.add_argument("--min-robust", type=float, metavar="X",
+                    help="keep λ with worst-case robust accuracy ≥ X (a fraction in [0, 1]); maximise clean accuracy")
+    pk.add_argument("--maximize", choices=("robust", "clean"),
+                    help="the figure to maximise: alone, over every evaluated λ; with a bound, instead of its "
+                         "default; required with both bounds")
+    pk.add_argument("--json", action="store_true",
+                    help="print the pick as JSON (the test-split warning is its 'warning' key) instead of text")
+    pk.set_defaults(run=cmd_pick)
+
+    ex = commands.add_parser(
+        "export", help="deploy a checkpoint: fold λ away (a plain network), or keep λ as an input",
+        description="Fold a conditioned checkpoint at one λ into the project's plain network of the same family "
+                    "(every FiLM and dual BatchNorm becomes one plain BatchNorm; models.create(..., "
+                    "conditioned=False) loads it, and it runs at the plain network's speed), or, with --lambda "
+                    "input, write a module whose forward takes (x, lam) with one λ per image. The file is read back "
+                    "and its logits compared with the checkpoint's on random images.")
+    ex.add_argument("--checkpoint", required=True, help="checkpoint.pt, or its run directory")
+    ex.add_argument("--lambda", dest="lam", required=True, metavar="L",
+                    help="the λ in [0, 1] to fold at, or 'input' to serve every λ")
+    ex.add_argument("--out", required=True, help="the file to write")
+    ex.add_argument("--format", choices=("pt", "pt2", "torchscript", "onnx"),
+                    help="pt: the plain network's weights and spec (oat.load reads it); pt2: a torch.export "
+                         "program; torchscript; onnx (the onnx extra). Default: from --out's suffix (.pt, .pt2, .ts, "
+                         ".onnx), else pt, or torchscript with --lambda input")
+    ex.set_defaults(run=cmd_export)
 
     fr = commands.add_parser(
         "frontier", help="train and evaluate dedicated fixed-λ and fixed-β TRADES baselines",

@@ -70,9 +70,10 @@ class Conditioning(NamedTuple):
     """What a conditioned layer needs to know about the batch's λ, computed once per forward.
 
     lam: λ per example, shape [B]. code: the λ encoding, shape [B, code_dim].
-    n_clean: how many examples have λ = 0. order / inverse: a permutation putting the λ = 0
-    examples first, and its inverse (only set when the batch mixes both kinds). eval_affine: in a
-    frozen conditioning, each norm layer's eval-mode (scale, shift) once computed; else None.
+    n_clean: how many examples have λ = 0 (−1 when unknown: :meth:`unrouted`). order / inverse: a
+    permutation putting the λ = 0 examples first, and its inverse (only set when the batch mixes
+    both kinds). eval_affine: in a frozen conditioning, each norm layer's eval-mode (scale, shift)
+    once computed; else None.
     """
 
     lam: torch.Tensor
@@ -99,6 +100,14 @@ class Conditioning(NamedTuple):
             order, inverse = order.to(lam.device, non_blocking=True), inverse.to(lam.device, non_blocking=True)
         return cls(lam, code, n_clean, order, inverse, {} if frozen else None)
 
+    @classmethod
+    def unrouted(cls, lam: torch.Tensor, code: torch.Tensor) -> "Conditioning":
+        """A conditioning without the dual BN's routing, for norms in eval mode only (each example
+        is mapped by its own λ there and nothing is routed): no host sync and no data-dependent
+        shapes, so a served network traces and exports. ``n_clean`` is −1; a norm in train mode
+        refuses it."""
+        return cls(lam, code, -1, None, None, None)
+
 
 class SinusoidalEncoder(nn.Module):
     """Continuous λ encoding: ``[sin(πkλ), cos(πkλ)]`` for k = 1 … dim/2 (plus λ if dim is odd).
@@ -113,6 +122,10 @@ class SinusoidalEncoder(nn.Module):
         self.register_buffer("frequencies", math.pi * torch.arange(1, dim // 2 + 1).float())
 
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
+        return self.encode(lam)
+
+    def encode(self, lam: torch.Tensor) -> torch.Tensor:
+        """The code of λ ``[B]``: ``[B, dim]`` (every λ has one; nothing to check)."""
         angles = lam[:, None] * self.frequencies
         parts = [torch.sin(angles), torch.cos(angles)]
         if self.dim % 2:
@@ -134,15 +147,26 @@ class CategoricalEncoder(nn.Module):
         self.register_buffer("lambdas", torch.tensor(list(lambdas), dtype=torch.float32))
         self.register_buffer("table", q[: len(lambdas)].contiguous())
 
+    TOLERANCE = 1e-6  # how far a λ may lie from a known value and still be it
+
     def forward(self, lam: torch.Tensor) -> torch.Tensor:
-        distance, index = (lam[:, None] - self.lambdas[None, :]).abs().min(dim=1)
-        if bool((distance > 1e-6).any()):
-            unknown = sorted({round(v, 6) for v in lam[distance > 1e-6].tolist()})
+        unknown = ~self.known(lam)
+        if bool(unknown.any()):
+            values = sorted({round(v, 6) for v in lam[unknown].tolist()})
             raise ValueError(
-                f"λ values {unknown} have no categorical encoding; it knows only "
+                f"λ values {values} have no categorical encoding; it knows only "
                 f"{[round(v, 6) for v in self.lambdas.tolist()]} (use encoding='sinusoidal' for unseen λ)"
             )
-        return self.table[index]
+        return self.encode(lam)
+
+    def known(self, lam: torch.Tensor) -> torch.Tensor:
+        """Per example, whether λ is one of the training values (and so has a code)."""
+        return (lam[:, None] - self.lambdas[None, :]).abs().amin(dim=1) <= self.TOLERANCE
+
+    def encode(self, lam: torch.Tensor) -> torch.Tensor:
+        """The row of the nearest known λ, unchecked (the caller checks with :meth:`known`): tensor
+        operations only, so a served network traces and exports."""
+        return self.table[(lam[:, None] - self.lambdas[None, :]).abs().argmin(dim=1)]
 
 
 ENCODERS = Registry("λ encoding")  # name → builder from a ConditioningConfig
@@ -197,6 +221,8 @@ class DualBatchNorm(nn.Module):
         self.bn_adv = nn.BatchNorm2d(channels)
 
     def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if cond.n_clean < 0:
+            raise RuntimeError("an unrouted conditioning (a served network) needs its BatchNorms in eval mode")
         batch = h.shape[0]
         if cond.n_clean == batch:
             return self.bn_clean(h)

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from oat import models
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import EXPORT_FORMAT, CheckpointError, load_checkpoint
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
@@ -67,17 +67,20 @@ def is_conditioned(run_dir: Path) -> bool:
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model stored in checkpoint ``path`` (or a run directory), in eval mode on ``device``.
+    """The model stored in checkpoint ``path`` (or a run directory), in eval mode on ``device``;
+    also a folded network written by ``oat export`` (a plain network: λ is accepted and ignored).
 
     >>> model = oat.load("runs/digits/checkpoint.pt")
     >>> logits = model(images, 0.3)
     """
-    model, _ = load_run(path, device)
+    model, _ = load_run(path, device, exported=True)
     return model
 
 
-def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """The model and the whole checkpoint dict (config, training λ values, ε, epoch …).
+def load_run(path: str | Path, device: str | torch.device = "cpu",
+             exported: bool = False) -> tuple[nn.Module, dict]:
+    """The model and the whole checkpoint dict (config, training λ values, ε, epoch …);
+    ``exported=True`` also accepts a file ``oat export`` wrote (its dict holds no config).
 
     The checkpoint's model_spec is checked against its own weights before any memory is spent on
     the network: a spec asking for 10⁹ classes is an error here, not an 800 GB allocation.
@@ -88,7 +91,11 @@ def load_run(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.M
         raise CheckpointError(f"{path} has no model description (model_spec); it was not written by oat train")
     spec = state["model_spec"]
     _check_spec(spec, path)
-    _check_entries(state, path)
+    if state.get("format") != EXPORT_FORMAT:
+        _check_entries(state, path)
+    elif not exported:
+        raise CheckpointError(f"{path} is a model written by oat export, not a training checkpoint: it keeps no "
+                              "config to evaluate or train from; use the checkpoint it was exported from")
     weights = state["model"]
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: its model weights are a {type(weights).__name__}, not a dict of named tensors")
@@ -226,6 +233,9 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     result["train_seconds"] = float(state["train_seconds"])
     result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
     result["epochs"] = int(state["epoch"])
+    spec = state["model_spec"]
+    # oat pick interpolates between evaluated λ only for a network that serves every λ in [0, 1]
+    result["continuous_lambda"] = bool(spec["conditioned"]) and spec["options"].get("encoding") != "categorical"
     return result
 
 
