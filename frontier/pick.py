@@ -13,7 +13,9 @@ the constraint still holds at the lower end of its figure's interval. A model th
 linear between neighbouring evaluated λ (never beyond the evaluated range), each segment's feasible
 part is an interval and the objective is linear on it, so the optimum lies at an evaluated λ or
 where a constrained figure crosses its bound; a crossing that beats the evaluated pick is reported
-as ``interpolated``: an estimate, not a measurement, to confirm with ``oat eval --lambdas``.
+as ``interpolated``: an estimate, not a measurement, to confirm with ``oat eval --lambdas``. With a
+dual BatchNorm (``dual_bn``, the default) λ = 0 is served by a BatchNorm of its own, so nothing is
+interpolated between λ = 0 and the next evaluated λ.
 
 A λ chosen on the test split has optimistic test figures (it was selected for them): pick on a
 validation evaluation and report that λ's test figures.
@@ -116,9 +118,12 @@ def _crossings(p: dict, q: dict, constraints: dict) -> list[dict]:
     return found
 
 
-def _interpolated(points: list[dict], constraints: dict, objective: str) -> dict | None:
-    """The best crossing point over every segment between consecutive evaluated λ, or None."""
-    candidates = [c for p, q in zip(points, points[1:]) if q["lambda"] > p["lambda"]
+def _interpolated(points: list[dict], constraints: dict, objective: str, dual_bn: bool) -> dict | None:
+    """The best crossing point over every segment between consecutive evaluated λ, or None. With a
+    dual BatchNorm, λ = 0 has a BatchNorm of its own and every λ > 0 the other, so the figures jump
+    just above 0: no segment starts there."""
+    candidates = [c for p, q in zip(points, points[1:])
+                  if q["lambda"] > p["lambda"] and not (dual_bn and p["lambda"] == 0)
                   for c in _crossings(p, q, constraints)]
     return max(candidates, key=lambda c: _key(c, objective), default=None)
 
@@ -162,7 +167,9 @@ def pick(result: dict, min_clean: float | None = None, min_robust: float | None 
     if not isinstance(n, int) or n < 1:
         raise PickError("the evaluation has no 'n' (the number of examples it measured)")
     best = max((p for p in points if _feasible(p, constraints)), key=lambda p: _key(p, objective), default=None)
-    estimate = _interpolated(points, constraints, objective) if result.get("continuous_lambda") else None
+    # An evaluation that does not say is taken to have the default dual BatchNorm (the cautious reading).
+    dual_bn = result.get("dual_bn", True) is not False
+    estimate = _interpolated(points, constraints, objective, dual_bn) if result.get("continuous_lambda") else None
     if estimate is not None and best is not None and not estimate[objective] > best[objective] + TOLERANCE:
         estimate = None
     return {**_measured(best, constraints, n),

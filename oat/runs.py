@@ -236,6 +236,7 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     spec = state["model_spec"]
     # oat pick interpolates between evaluated λ only for a network that serves every λ in [0, 1]
     result["continuous_lambda"] = bool(spec["conditioned"]) and spec["options"].get("encoding") != "categorical"
+    result["dual_bn"] = bool(spec["conditioned"]) and spec["options"].get("dual_bn", True) is not False
     return result
 
 

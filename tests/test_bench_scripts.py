@@ -48,3 +48,11 @@ def test_eval_bench_times_evaluate_against_its_parts_and_the_cascade(tiny_run):
     assert all(v > 0 for v in found.values())
     # per-example starts: neither the cascade, nor the batch size, nor mixing λ changes an outcome
     assert "outcomes (of 240) that differ from evaluate: cascade 0, default 0, mixed 0" in text
+
+
+def test_export_bench_times_the_fold_against_the_plain_network():
+    text = bench("bench/export.py", "--models", "small_cnn", "--batch", "4", "--repeats", "1", "--threads", "1")
+    found = ratios(text)
+    assert set(found) == {"folded/plain", "conditioned/plain", "torchscript/plain"} and all(v > 0 for v in found.values())
+    difference = float(re.search(r"max \|logit difference\| .*: (\S+)", text).group(1))
+    assert difference <= 1e-5

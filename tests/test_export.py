@@ -241,3 +241,12 @@ def test_cli_export_onnx_without_the_extra_says_how_to_install_it(runs, tmp_path
     assert main(["export", "--checkpoint", str(runs / "oat"), "--lambda", "0.3", "--out",
                  str(tmp_path / "m.onnx")]) == 2
     assert "pip install 'oat[onnx]'" in capsys.readouterr().err
+
+
+def test_an_evaluation_says_whether_pick_may_interpolate(runs, tmp_path):
+    for run, expected in (("oat", True), ("plain", False)):
+        out = tmp_path / f"{run}.json"
+        assert main(["eval", "--checkpoint", str(runs / run), "--attacks", "fgsm", "--n", "10", "--lambdas", "0.3",
+                     "--out", str(out), "--quiet"]) == 0
+        result = __import__("json").loads(out.read_text())
+        assert (result["continuous_lambda"], result["dual_bn"]) == (expected, expected)

@@ -21,11 +21,13 @@ def points(rows, attacks=("pgd-20", "apgd-ce")):
              "checks": {"zero_gradient": 0.0, "fosc": {}}} for lam, clean, worst in rows]
 
 
-def evaluation(rows=TRADE_OFF, continuous=False, split="validation", n=300, attacks=("pgd-20", "apgd-ce")):
+def evaluation(rows=TRADE_OFF, continuous=False, split="validation", n=300, attacks=("pgd-20", "apgd-ce"),
+               dual_bn=True):
     """An eval.json as oat eval writes it (keys of oat.evaluation.evaluate plus the run's)."""
     return {"dataset": "digits", "split": split, "n": n, "eps": 0.3, "norm": "Linf", "subset": "abc",
             "checkpoint": CHECKPOINT, "attacks": list(attacks), "seed": 0, "cascade": False,
-            "points": points(rows, attacks), "flags": [], "seconds": 1.0, "continuous_lambda": continuous}
+            "points": points(rows, attacks), "flags": [], "seconds": 1.0, "continuous_lambda": continuous,
+            "dual_bn": dual_bn}
 
 
 def chosen(picked):
@@ -135,9 +137,18 @@ def test_interpolation_of_a_min_robust_bound():
     ([(0.0, 0.0, 1.0), (1.0, 1.0, 0.0)], 0.654321, 0.6544),
 ])
 def test_an_interpolated_lambda_is_rounded_toward_the_feasible_side(rows, bound, expected):
-    estimate = pick(evaluation(rows, continuous=True), min_clean=bound)["interpolated"]
+    estimate = pick(evaluation(rows, continuous=True, dual_bn=False), min_clean=bound)["interpolated"]
     assert estimate["lambda"] == expected
     assert estimate["clean"] >= bound
+
+
+def test_no_interpolation_across_the_dual_batch_norms_switch_above_zero():
+    rows = [(0.0, 1.0, 0.0), (1.0, 0.0, 1.0)]
+    assert pick(evaluation(rows, continuous=True, dual_bn=False), min_clean=0.5)["interpolated"]["lambda"] == 0.5
+    assert pick(evaluation(rows, continuous=True), min_clean=0.5)["interpolated"] is None
+    older = evaluation(rows, continuous=True)
+    del older["dual_bn"]  # unrecorded: the default dual BatchNorm
+    assert pick(older, min_clean=0.5)["interpolated"] is None
 
 
 def test_interpolation_never_leaves_the_evaluated_range():
