@@ -171,4 +171,10 @@ def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: s
         f"({summary['train_passes_oat'] / 1e6:.2f} M vs {summary['train_passes_frontier'] / 1e6:.2f} M), "
         f"{summary['cost_ratio_seconds']:.3f} in seconds "
         f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
+    true = summary.get("true_frontier")
+    if true and true["max_distance_oat"] is not None:
+        worst = max(true["oat"], key=lambda row: row["distance"])
+        log(f"against the true frontier (every linear classifier, exact): OAT lies at most "
+            f"{100 * worst['distance']:.2f} points behind it (λ = {worst['lambda']:g}), the dedicated models at most "
+            f"{100 * max((r['distance'] for r in true['dedicated']), default=0.0):.2f}")
     log(f"{name} took {seconds:.0f} s")

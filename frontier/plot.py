@@ -22,11 +22,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from oat.evaluation import parse_attack  # noqa: E402
 
+from .analytic import true_frontier  # noqa: E402
 from .pareto import non_dominated  # noqa: E402
 from .report import Comparison, sa_ra  # noqa: E402
 
 OAT_COLOR, FIXED_COLOR, TRADES_COLOR = "#1f77b4", "#d62728", "#2ca02c"
 MISMATCH_COLOR = "#cc0000"
+TRUE_COLOR = "#222222"  # the true frontier of a task with closed forms
 
 
 def _attack_marker(attack: str) -> dict:
@@ -104,6 +106,26 @@ def _layout(fig, mismatches: list[str]) -> None:
     fig.tight_layout(rect=(0, 0, 1, 1 - (0.025 * lines + 0.01)))
 
 
+def _draw_true_frontier(plane, comparison: Comparison, oat_points: list[dict], fixed: list[dict]) -> None:
+    """Where the task has closed forms (oat.frontier.analytic): the true frontier over every linear
+    classifier, and each model's exact (SA, RA) from its weights."""
+    true = true_frontier(comparison.oat) if comparison.oat else None
+    if true is None:
+        return
+    plane.plot(100 * true[:, 0], 100 * true[:, 1], "-", color=TRUE_COLOR, lw=1.3, zorder=1,
+               label="true frontier: every linear classifier (exact)")
+    exact = [p for p in oat_points if p.get("analytic")]
+    if exact:
+        plane.plot([100 * p["analytic"]["clean"] for p in exact], [100 * p["analytic"]["robust"] for p in exact],
+                   ":", color=OAT_COLOR, lw=1.2, zorder=3)
+        plane.scatter([100 * p["analytic"]["clean"] for p in exact], [100 * p["analytic"]["robust"] for p in exact],
+                      marker="x", s=40, color=OAT_COLOR, zorder=4, label="OAT, exact from its weights")
+    exact = [p for p in fixed if p.get("analytic")]
+    if exact:
+        plane.scatter([100 * p["analytic"]["clean"] for p in exact], [100 * p["analytic"]["robust"] for p in exact],
+                      marker="x", s=40, color=FIXED_COLOR, zorder=3, label="dedicated, exact from its weights")
+
+
 def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> list[Path]:
     """Draw the comparison; writes ``out`` with suffix .png and .svg and returns both paths."""
     out = Path(out)
@@ -129,6 +151,7 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
         plane.plot(pct([p["clean"] for p in oat_points]), pct([p["robust_worst"] for p in oat_points]), "-o",
                    color=OAT_COLOR, lw=2, ms=6, zorder=4, label="OAT, one model (worst case)")
         labels.append(Labels(OAT_COLOR, (-4, 7), "right", "", [(p["lambda"], p) for p in oat_points]))
+    _draw_true_frontier(plane, comparison, oat_points, fixed)
     if len(attacks) > 1:  # per-attack markers show how much each attack finds
         for attack in attacks:
             style = _attack_marker(attack)

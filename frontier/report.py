@@ -26,6 +26,7 @@ from oat.passes import total
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
 from oat.runs import CONFIG, EVAL_RESULT, is_conditioned
 
+from .analytic import true_frontier_summary
 from .pareto import gap, hypervolume, non_dominated
 from .sweep import FRONTIER_JSON
 from .uncertainty import LEVEL, RESAMPLES, bootstrap_ratio, wilson_interval
@@ -172,6 +173,7 @@ def summarize(comparison: Comparison) -> dict:
                           "dominated_points": result["dominated"], "points": len(oat_points)}
     else:
         summary["gap"] = None
+    summary["true_frontier"] = true_frontier_summary(comparison.oat, fixed + trades)
     flags = [dict(flag, model="oat") for flag in (comparison.oat or {}).get("flags", [])]
     for point in comparison.dedicated:
         flags += [dict(flag, model=point["name"]) for flag in point.get("flags", [])]
@@ -191,6 +193,10 @@ def _ratio(a, b):
 
 def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
+
+
+def _pct2(value: float) -> str:
+    return f"{100 * value:.2f}"
 
 
 def _pct_interval(value, n: int | None) -> str:
@@ -282,12 +288,35 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
         names = [p["name"] for p in comparison.fixed_lambda if (p["clean"], p["robust_worst"]) in non_dom]
         lines += ["", f"Fixed-λ models on the frontier: {', '.join(names)}."]
     lines += _autoattack_lines(summary.get("autoattack") or [])
+    lines += _true_frontier_lines(summary.get("true_frontier"))
     lines += ["", "## Evaluation flags", ""]
     if summary["flags"]:
         lines += [f"- {flag['model']}: {flag['message']}" for flag in summary["flags"]]
     else:
         lines.append("None: no masking check fired (oat/masking.py lists them).")
     return "\n".join(lines) + "\n"
+
+
+def _true_frontier_lines(true: dict | None) -> list[str]:
+    """The closed-form section: every linear model's exact SA and RA, and how far behind the true
+    frontier (every linear classifier's) it lies."""
+    if not true:
+        return []
+    f = true["frontier"]
+    lines = ["", "## Against the true frontier", "",
+             f"The task has closed forms (oat.frontier.analytic): the Pareto frontier over every linear classifier "
+             f"runs from SA {_pct2(f['max_clean'])} (RA {_pct2(f['robust_at_max_clean'])}) to RA {_pct2(f['max_robust'])}, "
+             f"computed to within {100 * f['tolerance']:.2f} points. Each model's SA and RA below are exact, from its "
+             "weights; its distance is how much some linear classifier beats it in both SA and RA at once "
+             "(0: on the frontier).", "",
+             "| model | λ | SA (exact) | RA (exact) | distance behind the true frontier |", "|---|---|---|---|---|"]
+    for row in true["oat"] + true["dedicated"]:
+        lines.append(f"| {row['name']} | {row['lambda']:g} | {_pct2(row['clean'])} | {_pct2(row['robust'])} | "
+                     f"{100 * row['distance']:.2f} |")
+    if true["max_distance_oat"] is not None:
+        lines += ["", f"OAT's largest distance behind the true frontier: **{100 * true['max_distance_oat']:.2f} points** "
+                  "of SA and RA."]
+    return lines
 
 
 def _autoattack_lines(rows: list[dict]) -> list[str]:

@@ -204,7 +204,7 @@ def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
         rows.append({
             "name": point.name, "kind": point.kind, "value": point.value, "lambda": point.lam,
             "clean": measured["clean"], "robust": measured["robust"], "robust_worst": measured["robust_worst"],
-            "per_example": measured.get("per_example"),
+            "per_example": measured.get("per_example"), "analytic": measured.get("analytic"),
             "train_seconds": result["train_seconds"], "train_passes": result.get("train_passes"),
             "epochs": result["epochs"], "flags": result["flags"],
             "run_dir": str(path.parent), "protocol": protocol_of(result),

@@ -12,6 +12,7 @@ from .conditioning import (  # noqa: E402
     ConditioningConfig,
     DualBatchNorm,
     FiLM,
+    FiLMLinear,
     LambdaNorm,
     SinusoidalEncoder,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "ConditioningConfig",
     "DualBatchNorm",
     "FiLM",
+    "FiLMLinear",
     "FixedLambda",
     "LambdaServer",
     "LambdaNetwork",

@@ -106,7 +106,7 @@ def _check_eval_args(args) -> None:
 def cmd_eval(args) -> int:
     from .checkpoint import write_text_atomic
     from .distributed import set_threads
-    from .evaluation import print_table
+    from .evaluation import check_bounds, print_table
     from .runs import EVAL_RESULT, check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
@@ -135,6 +135,7 @@ def cmd_eval(args) -> int:
         for value in eps_sweep or []:
             check_eps(value, splits.info, "--eps-sweep")
         splits.split(args.split)
+        check_bounds(attacks, splits.info.bounds)
     except ValueError as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
@@ -303,12 +304,21 @@ def cmd_plot(args) -> int:
     return 0
 
 
+TSIPRAS_DEMO = "bench_tsipras_cpu.yaml"  # oat demo --task tsipras: the preset oat bench tsipras runs
+
+
 def cmd_demo(args) -> int:
     from oat.frontier.demo import run_demo
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    run_demo(args.out, workers=args.workers, retrain_stale=args.retrain_stale)
+    if args.task == "tsipras":
+        from oat.frontier.comparison import CONFIGS, load_comparison, run_comparison
+
+        run_comparison(load_comparison(CONFIGS / TSIPRAS_DEMO), args.out or "runs/demo-tsipras", workers=args.workers,
+                       retrain_stale=args.retrain_stale, name="demo")
+        return 0
+    run_demo(args.out or "runs/demo", workers=args.workers, retrain_stale=args.retrain_stale)
     return 0
 
 
@@ -467,11 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(run=cmd_plot)
 
     de = commands.add_parser(
-        "demo", help="the whole comparison on the bundled digits, offline",
+        "demo", help="the whole comparison on the bundled digits (or the Tsipras task), offline",
         description="Train one OAT model, the dedicated fixed-λ frontier and fixed-β TRADES points on the "
                     "bundled digits, evaluate all with PGD-20 and APGD-CE + APGD-T on one fixed subset, and "
-                    "write the plot, report.md and summary.json. Rerunning reuses finished work.")
-    de.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+                    "write the plot, report.md and summary.json. With --task tsipras: linear models on the "
+                    "synthetic task of Tsipras et al. (2019), each also evaluated exactly from its weights and "
+                    "drawn against the true frontier over every linear classifier (configs/bench_tsipras_cpu.yaml; "
+                    "about a minute). Rerunning reuses finished work.")
+    de.add_argument("--task", choices=("digits", "tsipras"), default="digits", help="the task (default digits)")
+    de.add_argument("--out", help="output directory (default runs/demo, or runs/demo-tsipras)")
     de.add_argument("--workers", type=int, default=2, help="models trained in parallel processes (default 2)")
     de.add_argument("--retrain-stale", action="store_true",
                     help="retrain models in --out trained under other settings (otherwise they are refused)")

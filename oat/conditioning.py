@@ -205,6 +205,57 @@ class FiLM(nn.Module):
         return torch.addcmul(beta.reshape(shape), h, gamma.reshape(shape))
 
 
+class FiLMLinear(nn.Module):
+    """A linear layer of a vector network, its input (``side="input"``) or its output
+    (``side="output"``) FiLM-modulated by λ when conditioned: the conditioning of networks without
+    BatchNorm, where there is nothing to make dual. λ = 0 is told apart by its own code.
+
+    At a fixed λ FiLM is a per-feature affine map, so it folds into the layer (:meth:`fold`): on the
+    input, ``W ← W·diag(γ)``, ``b ← b + Wβ``; on the output, ``W ← diag(γ)·W``, ``b ← γ⊙b + β``.
+    On a linear classifier FiLM on the input makes the weight vector itself a function of λ,
+    ``w(λ) = γ(λ) ⊙ w``, free in every coordinate, so one model can follow any path of classifiers.
+    """
+
+    SIDES = ("input", "output")
+
+    def __init__(self, in_features: int, out_features: int, config: ConditioningConfig | None, side: str = "output"):
+        super().__init__()
+        if side not in self.SIDES:
+            raise ValueError(f"side must be one of {self.SIDES}, got {side!r}")
+        self.side = side
+        self.linear = nn.Linear(in_features, out_features)
+        width = in_features if side == "input" else out_features
+        self.film = FiLM(width, config.code_dim, config.film_width) if config is not None else None
+
+    def forward(self, h: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
+        if self.film is None:
+            return self.linear(h)
+        if self.side == "input":
+            return self.linear(self.film(h, cond.code))
+        return self.film(self.linear(h), cond.code)
+
+    @torch.no_grad()
+    def effective(self, code: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (weight, bias) of the one linear map this layer is at the λ whose code
+        ``[1, code_dim]`` is given (its own when it has no FiLM)."""
+        weight, bias = self.linear.weight.clone(), self.linear.bias.clone()
+        if self.film is None:
+            return weight, bias
+        gamma, beta = (v[0] for v in self.film.modulation(code))
+        if self.side == "input":
+            return weight * gamma[None, :], bias + weight @ beta
+        return weight * gamma[:, None], gamma * bias + beta
+
+    @torch.no_grad()
+    def fold(self, code: torch.Tensor) -> None:
+        """Fold FiLM at the one λ whose code ``[1, code_dim]`` is given into the linear layer, in
+        place, and drop it: what remains is a plain ``nn.Linear``'s parameters."""
+        weight, bias = self.effective(code)
+        self.linear.weight.copy_(weight)
+        self.linear.bias.copy_(bias)
+        self.film = None
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """The plain networks' BatchNorm: same call signature as the conditioned norm, λ ignored."""
 

@@ -5,7 +5,8 @@ network is, at one fixed λ, a single per-channel affine map: the routed BatchNo
 running-statistics affine, then FiLM's (γ(λ), β(λ)) (:meth:`oat.LambdaNorm.eval_affine`). Folding
 writes that map into a plain BatchNorm (weight = scale·√(1 + eps), bias = shift, running mean 0,
 running variance 1) and drops the λ encoder, which leaves the project's *plain* network of the same
-family, with the plain architecture's parameter names: it loads into
+family, with the plain architecture's parameter names (a vector network's FiLM, having no
+BatchNorm beside it, folds into its linear layer instead: :meth:`oat.FiLMLinear.fold`): it loads into
 ``models.create(name, conditioned=False, ...)`` and runs at the plain network's speed. A BatchNorm
 rather than the preceding convolution's bias, because the plain networks' convolutions have no bias
 and in the pre-activation families a norm follows a residual sum, not a convolution; TorchScript's
@@ -43,7 +44,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import EXPORT_FORMAT, save_checkpoint, write_bytes_atomic
-from .conditioning import BatchNorm2d, CategoricalEncoder, Conditioning, LambdaNorm, NormFactory
+from .conditioning import BatchNorm2d, CategoricalEncoder, Conditioning, FiLMLinear, LambdaNorm, NormFactory
 from .lam import as_lambda
 from .network import LambdaNetwork
 
@@ -73,10 +74,12 @@ def fold(model: LambdaNetwork, lam: float) -> LambdaNetwork:
         return folded
     with torch.no_grad():
         cond = folded.condition(torch.tensor([lam]))  # a categorical encoding refuses an unknown λ here
-        for name, norm in list(folded.named_modules()):
-            if isinstance(norm, LambdaNorm):
-                scale, shift = norm.eval_affine(cond)
+        for name, module in list(folded.named_modules()):
+            if isinstance(module, LambdaNorm):
+                scale, shift = module.eval_affine(cond)
                 folded.set_submodule(name, _affine_batch_norm(scale[0], shift[0]))
+            elif isinstance(module, FiLMLinear) and module.film is not None:  # vector networks: no BatchNorm
+                module.fold(cond.code)
     folded.encoder = None
     folded.conditioning = None
     folded.norm = NormFactory(None)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from .attacks import APGD, CW, FGSM, PGD, Square, autoattack, fosc
 from .attacks.base import eval_mode
+from .datasets import closed_form
 from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
 from .masking import curve_flags, point_flags
@@ -92,6 +93,18 @@ def parse_attack(name: str) -> AttackSpec:
     )
 
 
+def check_bounds(attacks: Sequence[str], bounds: tuple[float, float] | None) -> None:
+    """Refuse (ValueError) an attack that cannot search the dataset's threat model: the APGD family,
+    Square and AutoAttack run the package's iterations, which clip to [0, 1], so on any other box or
+    on unbounded inputs (the whole L∞ ball) only oat's own FGSM, PGD and CW apply."""
+    for name in attacks:
+        spec = parse_attack(name)
+        if spec.family in UNIT_BOX_FAMILIES and bounds != (0.0, 1.0):
+            where = "unbounded (the whole L∞ ball)" if bounds is None else f"in {list(bounds)}"
+            raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); this dataset's "
+                             f"inputs are {where}: use fgsm, pgd-N or cw-N")
+
+
 def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
                examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
                ids: torch.Tensor, bounds: tuple[float, float] | None = (0.0, 1.0)):
@@ -103,9 +116,7 @@ def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: t
     test-set index, which fixes its random starts in PGD, CW and APGD whatever its batch holds;
     ``bounds``: the input box (the dataset's), which every attack stays in.
     """
-    if spec.family in UNIT_BOX_FAMILIES and bounds != (0.0, 1.0):
-        raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); these lie in "
-                         f"{'the reals' if bounds is None else list(bounds)}: use pgd-N or cw-N")
+    check_bounds([spec.name], bounds)
     if spec.name == "autoattack":
         return _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size), None
     attack = _make_attack(spec, eps, seed, bounds)
@@ -236,9 +247,10 @@ def evaluate(
         as_lambda(lam, 1)
     if not lambdas:
         raise ValueError("no λ values to evaluate")
-    bounds = (0.0, 1.0)
+    bounds, info = (0.0, 1.0), None
     if hasattr(dataset, "info") and hasattr(dataset, "split"):
-        bounds = dataset.info.bounds
+        info = dataset.info
+        bounds = info.bounds
         dataset_name = dataset_name or dataset.info.name
         split = split or dataset.evaluated  # the validation split when one was carved, else the test split
         dataset = dataset.split(split)
@@ -291,6 +303,7 @@ def evaluate(
                 progress.update(step + si + 1, f"{label} {spec.name} {survived.float().mean().item():.3f}")
     points = [_point(lam, correct[k], robust, worst[k], zero_gradient[k], stationarity, k)
               for k, lam in enumerate(lambdas)]
+    extra = _analytic(model, info, points, eps) if info is not None else {}
     return {
         "dataset": dataset_name,
         "split": split,
@@ -305,7 +318,22 @@ def evaluate(
         "points": points,
         "flags": consistency_flags(points, total, cascade),
         "seconds": time.perf_counter() - started,
+        **extra,
     }
+
+
+def _analytic(model: nn.Module, info, points: list[dict], eps: float) -> dict:
+    """Where the task has a closed form that covers the model (:func:`oat.datasets.closed_form`):
+    each point's exact SA and RA as ``analytic`` {clean, robust}, and the result's ``data_params``
+    (the task's parameters, from which oat.frontier computes the true frontier)."""
+    form = closed_form(info)
+    if form is None:
+        return {}
+    for point in points:
+        figures = form(model, point["lambda"], eps, info)
+        if figures is not None:
+            point["analytic"] = {"clean": figures[0], "robust": figures[1]}
+    return {"data_params": dict(info.params)}
 
 
 def _clean_pass(model, x_all, y_all, examples, lam, batch_size):

@@ -32,15 +32,17 @@ class LambdaNetwork(nn.Module, ABC):
         conditioning: ConditioningConfig | None = None,
         mean: Sequence[float] | float = 0.5,
         std: Sequence[float] | float = 0.5,
+        input_rank: int = 3,
     ):
+        """``input_rank``: 3 for images (C, H, W), 1 for vectors (D,), where ``in_channels`` is D."""
         super().__init__()
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.conditioning = conditioning
         self.norm = NormFactory(conditioning)
         self.encoder = make_encoder(conditioning) if conditioning is not None else None
-        self.register_buffer("mean", _per_channel(mean, in_channels))
-        self.register_buffer("std", _per_channel(std, in_channels))
+        self.register_buffer("mean", _per_channel(mean, in_channels, input_rank))
+        self.register_buffer("std", _per_channel(std, in_channels, input_rank))
 
     @property
     def conditioned(self) -> bool:
@@ -81,13 +83,13 @@ class LambdaNetwork(nn.Module, ABC):
         return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
 
 
-def _per_channel(value, channels: int) -> torch.Tensor:
+def _per_channel(value, channels: int, rank: int = 3) -> torch.Tensor:
     values = torch.as_tensor(value, dtype=torch.float32).flatten()
     if values.numel() == 1:
         values = values.expand(channels)
     if values.numel() != channels:
         raise ValueError(f"mean/std has {values.numel()} values for {channels} input channels")
-    return values.reshape(1, channels, 1, 1).clone()
+    return values.reshape((1, channels) + (1,) * (rank - 1)).clone()
 
 
 class FixedLambda(nn.Module):

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
 from .attacks.base import eval_mode
+from .evaluation import check_bounds
 from .awp import AWP
 from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
                          write_text_atomic)
@@ -455,6 +456,11 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
     if cfg.validate is not None and exp.splits.validation is None:
         raise ConfigError("train.validate watches a validation split carved from the training set (never the test "
                           "set): set data.options.validation_size, e.g. 1000")
+    if cfg.validate is not None:
+        try:
+            check_bounds(cfg.validate.attacks, exp.splits.info.bounds)
+        except ValueError as error:
+            raise ConfigError(f"config key 'train.validate.attacks': {error}") from None
     run = TrainingRun(config, exp, model, _LossStep(model, objective), objective, optimizer, scaler,
                AWP(cfg.awp.gamma, cfg.awp.warmup_epochs), PassCounter(), images, labels, steps_per_epoch,
                device, env, out_dir)

@@ -11,7 +11,8 @@ from oat.conditioning import FiLM, LambdaNorm
 
 # Every registered architecture at a small input (global pooling takes any size; small_cnn is 8×8).
 SHAPES = {"small_cnn": (1, 8, 8), "resnet18": (3, 32, 32), "resnet34": (3, 32, 32),
-          "preact_resnet18": (3, 32, 32), "wrn16_8": (3, 32, 32), "wrn40_2": (3, 32, 32), "wrn34_10": (3, 32, 32)}
+          "preact_resnet18": (3, 32, 32), "wrn16_8": (3, 32, 32), "wrn40_2": (3, 32, 32), "wrn34_10": (3, 32, 32),
+          "linear": (101,), "mlp": (101,)}
 FORMATS = ["pt", "pt2", "torchscript", "onnx"]
 MIXED = torch.tensor([0.0, 0.1, 0.5, 1.0, 0.0, 0.33, 0.9])  # seven: not the traced batch of four
 
@@ -53,7 +54,7 @@ def test_fold_is_the_plain_network_with_the_conditioned_logits(name):
         plain = plain_twin(name)
         plain.load_state_dict(folded.state_dict())  # strict: the plain architecture's names, every one
         plain.eval()
-        assert not any(isinstance(m, (LambdaNorm, FiLM)) for m in folded.modules())
+        assert not any(isinstance(m, (LambdaNorm, FiLM)) for m in folded.modules())  # FiLMLinear's folded too
         with torch.no_grad():
             expected = net(x, lam)
             assert (plain(x) - expected).abs().max().item() <= deploy.TOLERANCE

@@ -17,6 +17,8 @@ INPUTS = {
     "wrn16_8": dict(shape=(3, 32, 32), options={}),
     "wrn40_2": dict(shape=(3, 96, 96), options={}),
     "wrn34_10": dict(shape=(3, 32, 32), options={}),
+    "linear": dict(shape=(101,), options=dict(in_channels=101)),
+    "mlp": dict(shape=(101,), options=dict(in_channels=101, width=32)),
 }
 
 # Plain versions, 10 classes: the figures published with the architectures (ResNet-34 as in the

@@ -14,6 +14,16 @@ from .imagefolder import ImageFolderDataset
 from .registry import load, names, options, register
 from .tsipras import sample_tsipras, tsipras_accuracy
 
+# Tasks whose accuracies have a closed form: name → (model, λ, ε, info) → (SA, RA), or None for a
+# model the form does not cover.
+CLOSED_FORMS = {"tsipras": tsipras.closed_form}
+
+
+def closed_form(info: DatasetInfo):
+    """The closed form of the task ``info`` describes (see ``CLOSED_FORMS``), or None."""
+    return CLOSED_FORMS.get(info.name) if info.params else None
+
+
 __all__ = [
     "DatasetInfo",
     "ImageFolderDataset",
@@ -21,6 +31,7 @@ __all__ = [
     "TensorImageDataset",
     "TensorVectorDataset",
     "channel_stats",
+    "closed_form",
     "dataset_tensors",
     "to_unit",
     "load",

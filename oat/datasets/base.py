@@ -29,7 +29,8 @@ class DatasetInfo:
     (per-feature for vector data) and are handed to the model, which normalises inside its forward;
     ``eps`` is the field's default L∞ radius for this data; ``augment`` names the training
     augmentation (``"crop_flip"`` or ``"none"``); ``bounds`` is the input box, or ``None`` for
-    unbounded real inputs.
+    unbounded real inputs, where every attack searches the whole L∞ ball; ``params``: a synthetic
+    task's generating parameters.
     """
 
     name: str
@@ -40,6 +41,9 @@ class DatasetInfo:
     eps: float
     augment: str
     bounds: tuple[float, float] | None = (0.0, 1.0)
+    # A synthetic task's generating parameters, as (name, value) pairs (tsipras: p, d, eta): what a
+    # closed form of the task needs (oat.datasets.closed_form); empty for data from files.
+    params: tuple[tuple[str, float], ...] = ()
 
     @property
     def widest_eps(self) -> float | None:

@@ -75,8 +75,21 @@ def load_tsipras(
         eps=2 * abs(float(eta)),
         augment="none",
         bounds=None,
+        params=(("p", float(p)), ("d", int(d)), ("eta", float(eta))),
     )
     return Splits(train=splits[0], test=splits[1], info=info)
+
+
+def closed_form(model, lam: float, eps: float, info: DatasetInfo) -> tuple[float, float] | None:
+    """Exact (SA, RA) of ``model`` at ``lam`` on the task ``info`` describes, when the model is one
+    linear classifier (a two-class network with a ``decision_function``, such as ``linear``);
+    None for any other network."""
+    decision = getattr(model, "decision_function", None)
+    if decision is None or getattr(model, "num_classes", None) != 2:
+        return None
+    params = dict(info.params)
+    w, b = decision(lam)
+    return tsipras_accuracy(w, b, eps, params["p"], params["eta"])
 
 
 def _normal_cdf(z: float) -> float:
