@@ -41,17 +41,19 @@ class Protocol:
     seed: int
     batch_size: int | None = None
     cascade: bool = False
+    split: str | None = None  # None: the validation split when the run carved one, else the test split
 
     def as_dict(self) -> dict:
-        # "cascade" only when set: results evaluated before it existed stay current.
+        # "cascade" and "split" only when set: results evaluated before they existed stay current.
         return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
-                **({"cascade": True} if self.cascade else {})}
+                **({"cascade": True} if self.cascade else {}), **({"split": self.split} if self.split else {})}
 
     @classmethod
     def from_eval(cls, config: EvalConfig) -> "Protocol":
         """The protocol an eval section asks for, checked before anything trains."""
         check_eval(config)
-        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade)
+        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade,
+                   config.split)
 
 
 
@@ -151,7 +153,8 @@ def _evaluate(task: Task, lambdas: list[float]) -> dict:
     model, state = load_run(Path(task.run_dir))
     protocol = task.protocol
     result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
-                          seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade)
+                          seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade,
+                          split=protocol.split)
     result["checkpoint"] = str(Path(task.run_dir) / CHECKPOINT)
     result["protocol"] = protocol.as_dict()
     return result

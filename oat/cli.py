@@ -130,16 +130,17 @@ def cmd_eval(args) -> int:
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     cascade = args.cascade or saved.cascade
+    split = args.split or saved.split
     eps_sweep = _radii(args.eps_sweep) if args.eps_sweep is not None else None
     try:
         for value in eps_sweep or []:
             check_eps(value, splits.info, "--eps-sweep")
-        splits.split(args.split)
+        splits.split(split)
         check_bounds(attacks, splits.info.bounds)
     except ValueError as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
-                          show_progress=not args.quiet, splits=splits, cascade=cascade, split=args.split,
+                          show_progress=not args.quiet, splits=splits, cascade=cascade, split=split,
                           eps_sweep=eps_sweep)
     result["checkpoint"] = str(checkpoint)
     out = Path(args.out) if args.out else checkpoint.parent / EVAL_RESULT
@@ -390,8 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run each attack only on the examples every earlier attack failed on: the same worst case, "
                          "cheaper; later attacks' own figures become cumulative (default: the run's eval.cascade)")
     ev.add_argument("--split", choices=("test", "validation"),
-                    help="the split to evaluate (default: the validation split when the run carved one with "
-                         "data.options.validation_size, else the test split)")
+                    help="the split to evaluate (default: the run's eval.split, else the validation split when the "
+                         "run carved one with data.options.validation_size, else the test split)")
     ev.add_argument("--eps-sweep", metavar="E1,E2,...",
                     help="also measure the robustness curve: worst-case RA per λ at each of these radii (flags RA "
                          "that rises with ε or does not fall from ε to 2ε; drawn by oat plot --eps-curve)")

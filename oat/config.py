@@ -133,6 +133,7 @@ class EvalConfig:
     batch_size: int | None = None  # None: 128 on the CPU, 500 on an accelerator (same figures)
     seed: int = 0
     cascade: bool = False  # each attack only on the examples every earlier attack failed on
+    split: str | None = None  # "test" or "validation"; None: the validation split when one was carved, else test
 
 
 @dataclass
@@ -244,6 +245,7 @@ _RANGES = {
     "eval.n": (lambda v: v is None or v >= 1, "null or at least 1"),
     "eval.batch_size": (lambda v: v is None or v >= 1, "null or at least 1"),
     "eval.eps": (lambda v: v is None or (_finite(v) and v >= 0), "null or a finite number ≥ 0"),
+    "eval.split": (lambda v: v in (None, "test", "validation"), "null, test or validation"),
 }
 
 

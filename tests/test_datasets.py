@@ -591,7 +591,8 @@ def test_tsipras_samples_follow_the_model():
     rest = train.images[:, 1:].double() * y[:, None]  # y·x_j ~ N(η, 1)
     assert abs(float(rest.mean()) - 0.5) < 0.01 and abs(float(rest.std()) - 1.0) < 0.01
     info = splits.info
-    assert info == DatasetInfo("tsipras", 2, (21,), (0.0,) * 21, (1.0,) * 21, 1.0, "none", None)
+    assert info == DatasetInfo("tsipras", 2, (21,), (0.0,) * 21, (1.0,) * 21, 1.0, "none", None,
+                               (("p", 0.9), ("d", 20), ("eta", 0.5)))
     x, label = train[0]
     assert x.dtype == torch.float32 and x.shape == (21,) and label in (0, 1)
     # deterministic, and the test stream does not depend on the train size

@@ -130,6 +130,7 @@ def test_the_comparison_evaluates_every_model_exactly_and_against_the_true_front
     out, summary = comparison
     result = json.loads((out / "oat" / "eval.json").read_text())
     assert result["data_params"] == {"p": P, "d": D, "eta": ETA} and result["eps"] == EPS
+    assert result["split"] == "test" and result["protocol"]["split"] == "test"  # eval.split, not the carved one
     assert result["continuous_lambda"] is True and result["dual_bn"] is True
     n = result["n"]
     for point in result["points"]:
@@ -173,3 +174,42 @@ def test_vector_models_condition_through_film_alone():
         with torch.no_grad():
             logits = linear(x, lam)
         assert torch.allclose(logits[:, 1] - logits[:, 0], x @ w + b, atol=1e-5)
+
+
+def test_the_comparison_evaluates_the_split_its_eval_section_names():
+    from oat.config import ConfigError, EvalConfig
+    from oat.frontier.tasks import Protocol
+
+    assert Protocol.from_eval(EvalConfig(split="test")).as_dict()["split"] == "test"
+    assert "split" not in Protocol.from_eval(EvalConfig()).as_dict()  # results from before it stay current
+    with pytest.raises(ConfigError, match="eval.split"):
+        Protocol.from_eval(EvalConfig(split="train"))
+
+
+def test_oat_demo_task_tsipras_runs_the_tsipras_preset(monkeypatch):
+    import oat.frontier.comparison as comparison
+
+    seen = {}
+    monkeypatch.setattr(comparison, "run_comparison", lambda config, out, **kw: seen.update(config=config, out=out))
+    assert main(["demo", "--task", "tsipras", "--workers", "1"]) == 0
+    assert seen["out"] == "runs/demo-tsipras" and seen["config"].base["data"]["name"] == "tsipras"
+    assert seen["config"].base["model"]["name"] == "linear"
+
+
+def test_oat_plot_draws_the_true_frontier_and_the_exact_points(comparison):
+    import matplotlib.pyplot as plt
+    from oat.frontier.plot import _draw_true_frontier
+    from oat.frontier.report import find_results
+
+    out, _ = comparison
+    found = find_results([out])
+    figure, axis = plt.subplots()
+    try:
+        _draw_true_frontier(axis, found, found.oat["points"], found.fixed_lambda)
+        (line,) = [l for l in axis.get_lines() if l.get_label().startswith("true frontier")]
+        true = true_frontier(found.oat)
+        assert np.allclose(line.get_xdata(), 100 * true[:, 0]) and np.allclose(line.get_ydata(), 100 * true[:, 1])
+        exact = {c.get_label(): c.get_offsets() for c in axis.collections}
+        assert len(exact["OAT, exact from its weights"]) == 3 and len(exact["dedicated, exact from its weights"]) == 2
+    finally:
+        plt.close(figure)
