@@ -456,8 +456,8 @@ def test_load_run_refuses_a_spec_that_disagrees_with_its_weights_before_building
 
 def test_load_run_refuses_malformed_specs(trained, tmp_path):
     cases = [
-        (_spec(name="resnet9000"), "model_spec names an unknown model 'resnet9000' (known: preact_resnet18, "
-                                   "resnet18, resnet34, small_cnn, wrn16_8, wrn34_10, wrn40_2)"),
+        (_spec(name="resnet9000"), "model_spec names an unknown model 'resnet9000' (known: linear, mlp, "
+                                   "preact_resnet18, resnet18, resnet34, small_cnn, wrn16_8, wrn34_10, wrn40_2)"),
         (_spec(num_classes=-3), "model_spec num_classes must be an integer ≥ 1, got -3"),
         (_spec(num_classes=True), "model_spec num_classes must be an integer ≥ 1, got True"),
         (_spec(conditioned="yes"), "model_spec conditioned must be true or false, got 'yes'"),
