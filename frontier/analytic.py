@@ -140,8 +140,14 @@ def true_frontier_summary(oat: dict | None, dedicated: list[dict]) -> dict | Non
                 for p in sorted(points, key=lambda p: p["lambda"]) if p.get("analytic")]
 
     oat_rows = rows(oat["points"])
+    curve = [dict(row, distance=distance(frontier, row["clean"], row["robust"]))
+             for row in oat.get("analytic_curve") or []]
+    worst = max(curve, key=lambda row: row["distance"], default=None)
     return {"frontier": {"points": len(frontier), "max_clean": float(frontier[:, 0].max()),
                          "robust_at_max_clean": float(frontier[np.argmax(frontier[:, 0]), 1]),
                          "max_robust": float(frontier[:, 1].max()), "tolerance": TOLERANCE},
             "oat": oat_rows, "dedicated": rows(dedicated),
-            "max_distance_oat": max((r["distance"] for r in oat_rows), default=None)}
+            "max_distance_oat": max((r["distance"] for r in oat_rows), default=None),
+            # Between the evaluated λ too: the largest distance on the exact curve λ = 0, 0.01, …, 1.
+            "max_distance_oat_curve": worst["distance"] if worst else None,
+            "lambda_max_distance_oat_curve": worst["lambda"] if worst else None}

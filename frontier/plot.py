@@ -114,10 +114,12 @@ def _draw_true_frontier(plane, comparison: Comparison, oat_points: list[dict], f
         return
     plane.plot(100 * true[:, 0], 100 * true[:, 1], "-", color=TRUE_COLOR, lw=1.3, zorder=1,
                label="true frontier: every linear classifier (exact)")
+    curve = comparison.oat.get("analytic_curve") or []
+    if curve:  # the exact curve at λ = 0, 0.01, …, 1: what happens between the evaluated λ
+        plane.plot([100 * p["clean"] for p in curve], [100 * p["robust"] for p in curve], ":", color=OAT_COLOR,
+                   lw=1.2, zorder=3, label="OAT, exact curve (λ step 0.01)")
     exact = [p for p in oat_points if p.get("analytic")]
     if exact:
-        plane.plot([100 * p["analytic"]["clean"] for p in exact], [100 * p["analytic"]["robust"] for p in exact],
-                   ":", color=OAT_COLOR, lw=1.2, zorder=3)
         plane.scatter([100 * p["analytic"]["clean"] for p in exact], [100 * p["analytic"]["robust"] for p in exact],
                       marker="x", s=40, color=OAT_COLOR, zorder=4, label="OAT, exact from its weights")
     exact = [p for p in fixed if p.get("analytic")]

@@ -315,7 +315,12 @@ def _true_frontier_lines(true: dict | None) -> list[str]:
                      f"{100 * row['distance']:.2f} |")
     if true["max_distance_oat"] is not None:
         lines += ["", f"OAT's largest distance behind the true frontier: **{100 * true['max_distance_oat']:.2f} points** "
-                  "of SA and RA."]
+                  "of SA and RA at the evaluated λ"]
+        if true.get("max_distance_oat_curve") is not None:
+            lines[-1] += (f"; between them too, on its exact curve at λ = 0, 0.01, …, 1: "
+                          f"**{100 * true['max_distance_oat_curve']:.2f} points** "
+                          f"(λ = {true['lambda_max_distance_oat_curve']:g})")
+        lines[-1] += "."
     return lines
 
 

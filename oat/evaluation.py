@@ -322,10 +322,15 @@ def evaluate(
     }
 
 
+ANALYTIC_CURVE = [k / 100 for k in range(101)]  # a conditioned model's exact figures: λ = 0, 0.01, …, 1
+
+
 def _analytic(model: nn.Module, info, points: list[dict], eps: float) -> dict:
     """Where the task has a closed form that covers the model (:func:`oat.datasets.closed_form`):
-    each point's exact SA and RA as ``analytic`` {clean, robust}, and the result's ``data_params``
-    (the task's parameters, from which oat.frontier computes the true frontier)."""
+    each point's exact SA and RA as ``analytic`` {clean, robust}; the result's ``data_params`` (the
+    task's parameters, from which oat.frontier computes the true frontier); and for a conditioned
+    model ``analytic_curve``, its exact figures at λ = 0, 0.01, …, 1, which show the curve between
+    the evaluated λ too (they cost no attack)."""
     form = closed_form(info)
     if form is None:
         return {}
@@ -333,7 +338,11 @@ def _analytic(model: nn.Module, info, points: list[dict], eps: float) -> dict:
         figures = form(model, point["lambda"], eps, info)
         if figures is not None:
             point["analytic"] = {"clean": figures[0], "robust": figures[1]}
-    return {"data_params": dict(info.params)}
+    extra = {"data_params": dict(info.params)}
+    if getattr(model, "conditioned", False) and any("analytic" in point for point in points):
+        extra["analytic_curve"] = [dict(zip(("lambda", "clean", "robust"), (lam, *form(model, lam, eps, info))))
+                                   for lam in ANALYTIC_CURVE]
+    return extra
 
 
 def _clean_pass(model, x_all, y_all, examples, lam, batch_size):

@@ -145,6 +145,14 @@ def test_the_comparison_evaluates_every_model_exactly_and_against_the_true_front
         assert row["distance"] == pytest.approx(distance(frontier, row["clean"], row["robust"]))
         assert 0 <= row["distance"] < 0.2
     assert true["max_distance_oat"] == max(row["distance"] for row in true["oat"])
+    # The exact curve between the evaluated λ: 101 points, the evaluated ones among them.
+    curve = result["analytic_curve"]
+    assert [row["lambda"] for row in curve] == [k / 100 for k in range(101)]
+    assert curve[20]["clean"] == pytest.approx(result["points"][1]["analytic"]["clean"])
+    assert true["max_distance_oat_curve"] == pytest.approx(max(distance(frontier, r["clean"], r["robust"]) for r in curve))
+    assert true["max_distance_oat_curve"] >= true["max_distance_oat"]
+    plain = json.loads((out / "frontier" / "points" / "lambda-0" / "eval.json").read_text())
+    assert "analytic_curve" not in plain and "analytic" in plain["points"][0]
     assert true["frontier"]["max_robust"] == pytest.approx(P)
     report = (out / "report.md").read_text()
     assert "## Against the true frontier" in report and "OAT's largest distance behind the true frontier" in report
@@ -209,6 +217,8 @@ def test_oat_plot_draws_the_true_frontier_and_the_exact_points(comparison):
         (line,) = [l for l in axis.get_lines() if l.get_label().startswith("true frontier")]
         true = true_frontier(found.oat)
         assert np.allclose(line.get_xdata(), 100 * true[:, 0]) and np.allclose(line.get_ydata(), 100 * true[:, 1])
+        (dotted,) = [l for l in axis.get_lines() if l.get_label().startswith("OAT, exact curve")]
+        assert len(dotted.get_xdata()) == 101
         exact = {c.get_label(): c.get_offsets() for c in axis.collections}
         assert len(exact["OAT, exact from its weights"]) == 3 and len(exact["dedicated, exact from its weights"]) == 2
     finally:
