@@ -1,6 +1,8 @@
 """oat export: folding λ into the plain network (every registered architecture), serving λ as an
 input, and the written files (pt, pt2, TorchScript, ONNX) read back by their own loaders."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -179,7 +181,8 @@ def test_oat_load_reads_an_exported_pt_and_evaluation_refuses_it(tmp_path, capsy
 def runs(tmp_path_factory):
     """A one-epoch OAT run and a one-epoch dedicated (plain) run on the digits."""
     root = tmp_path_factory.mktemp("export_runs")
-    common = ["--config", "configs/digits_oat.yaml", "--set", "train.epochs=1", "--quiet"]
+    config = Path(__file__).resolve().parent.parent / "configs" / "digits_oat.yaml"  # whatever the working directory
+    common = ["--config", str(config), "--set", "train.epochs=1", "--quiet"]
     assert main(["train", *common, "--out", str(root / "oat")]) == 0
     assert main(["train", *common, "--out", str(root / "plain"), "--set", "model.conditioned=false",
                  "--set", "lambdas.sampler=fixed", "--set", "lambdas.params={value: 0.3}"]) == 0
