@@ -16,6 +16,7 @@ import torch.nn as nn
 from oat import models
 
 from .checkpoint import EXPORT_FORMAT, CheckpointError, load_checkpoint
+from .conditioning import DualBatchNorm
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
@@ -236,7 +237,8 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     spec = state["model_spec"]
     # oat pick interpolates between evaluated λ only for a network that serves every λ in [0, 1]
     result["continuous_lambda"] = bool(spec["conditioned"]) and spec["options"].get("encoding") != "categorical"
-    result["dual_bn"] = bool(spec["conditioned"]) and spec["options"].get("dual_bn", True) is not False
+    # ... and never across λ = 0 where λ = 0 has a BatchNorm of its own
+    result["dual_bn"] = any(isinstance(module, DualBatchNorm) for module in model.modules())
     return result
 
 

@@ -131,7 +131,7 @@ def test_the_comparison_evaluates_every_model_exactly_and_against_the_true_front
     result = json.loads((out / "oat" / "eval.json").read_text())
     assert result["data_params"] == {"p": P, "d": D, "eta": ETA} and result["eps"] == EPS
     assert result["split"] == "test" and result["protocol"]["split"] == "test"  # eval.split, not the carved one
-    assert result["continuous_lambda"] is True and result["dual_bn"] is True
+    assert result["continuous_lambda"] is True and result["dual_bn"] is False  # FiLM alone: no BatchNorm
     n = result["n"]
     for point in result["points"]:
         exact = point["analytic"]
