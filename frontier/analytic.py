@@ -60,7 +60,10 @@ def tsipras_linear_frontier(p: float, d: int, eta: float, eps: float, refine: in
     """The Pareto frontier of (SA, RA) over every linear classifier on the Tsipras task: an array
     ``[K, 2]``, SA ascending and RA descending (about a second on a CPU core). ``refine``
     multiplies every grid axis (a check of the resolution; 1 is the default grid); ``bias=False``
-    keeps to classifiers without bias (b = 0), which treat both classes alike."""
+    keeps to classifiers without bias (b = 0), which treat both classes alike. η < 0 or p < ½ give
+    the frontier of |η| and max(p, 1 − p): flipping the sign of the features concerned maps the
+    classifiers of one task onto the other's one to one, accuracies unchanged."""
+    p, eta = max(p, 1.0 - p), abs(eta)
     a = torch.linspace(0.0, 1.0, (GRID["a"] - 1) * refine + 1, dtype=torch.float64)
     rho = torch.exp(torch.linspace(math.log(1 / math.sqrt(d)), 0.0, (GRID["rho"] - 1) * refine + 1,
                                    dtype=torch.float64))

@@ -158,6 +158,8 @@ def pick(result: dict, min_clean: float | None = None, min_robust: float | None 
     Raises PickError (a ValueError) for bad options or an evaluation that cannot answer them.
     """
     constraints, objective = goal(min_clean, min_robust, maximize)
+    if not isinstance(result, dict):
+        raise PickError("not an evaluation: no 'points' (write one with oat eval)")
     need = "robust" in constraints or objective == "robust"
     if need and isinstance(result, dict) and result.get("attacks") == []:
         raise PickError("the evaluation ran no attacks, so it has no robust accuracy to pick by "

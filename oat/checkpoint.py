@@ -152,8 +152,10 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load an oat checkpoint safely (``weights_only=True``), with one-line errors.
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu",
+                    exported: bool = False) -> dict[str, Any]:
+    """Load an oat checkpoint safely (``weights_only=True``), with one-line errors; a folded
+    network ``oat export`` wrote only with ``exported=True`` (it holds no config to train from).
 
     The archive's structure and CRCs are checked first, so a damaged file is reported as
     "truncated or corrupt", and only an intact one that holds pickled objects as "refusing …".
@@ -176,7 +178,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         # data; on an intact archive whatever they raise describes the file, not a bug of oat's.
         except (RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError, IndexError) as error:
             raise CheckpointError(f"{path} is truncated or corrupt ({first_line(error)})") from None
-    if not isinstance(state, dict) or "model" not in state or not ("config" in state or _exported(state)):
+    if isinstance(state, dict) and "model" in state and _exported(state):
+        if exported:
+            return state
+        raise CheckpointError(f"{path} is a model written by oat export, not a training checkpoint: it keeps no "
+                              "config to evaluate or train from; use the checkpoint it was exported from")
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not an oat checkpoint (no model weights and config)")
     return state
 

@@ -216,10 +216,13 @@ def _export_target(args) -> tuple[float | str, str]:
 
 def cmd_export(args) -> int:
     from . import deploy
-    from .runs import checkpoint_file, load_run
+    from .runs import CHECKPOINT, CONFIG, checkpoint_file, load_run
 
     lam, fmt = _export_target(args)
     checkpoint = checkpoint_file(args.checkpoint)
+    out = Path(args.out)
+    if out.resolve() == checkpoint.resolve() or (out.name == CHECKPOINT and (out.parent / CONFIG).exists()):
+        raise UserError(f"--out {out} is a run's training checkpoint; write the export to another file")
     model, state = load_run(checkpoint)
     spec = state["model_spec"]
     if lam == deploy.INPUT and not spec["conditioned"]:

@@ -19,7 +19,7 @@ exports, and a service picks the trade-off per request.
 
 **Write** (:func:`write`).
 - ``pt``: the folded network's weights and its model_spec; :func:`oat.load` reads it, as does
-  ``models.create(**spec) + load_state_dict``.
+  ``oat.runs.build_model(spec)`` + ``load_state_dict``.
 - ``pt2``: a ``torch.export`` program (``torch.export.load(path).module()``), the format PyTorch
   now recommends; a served network's invalid λ yields NaN logits, as in ONNX.
 - ``torchscript``: traced and frozen (deprecated by PyTorch in favour of ``pt2``, still loadable
@@ -88,10 +88,10 @@ def fold(model: LambdaNetwork, lam: float) -> LambdaNetwork:
 
 def _affine_batch_norm(scale: torch.Tensor, shift: torch.Tensor) -> BatchNorm2d:
     """A plain BatchNorm that in eval mode maps ``h`` to ``scale ⊙ h + shift``."""
-    norm = BatchNorm2d(scale.numel()).to(scale.device).eval()
+    norm = BatchNorm2d(scale.numel()).to(device=scale.device, dtype=scale.dtype).eval()
     # Running variance 1: BN multiplies by weight / √(1 + eps); computed in float64, so the folded
-    # weight is the nearest float32 to what the conditioned norm multiplied by.
-    norm.weight.copy_((scale.double() * math.sqrt(1.0 + norm.eps)).float())
+    # weight is the nearest value of the network's dtype to what the conditioned norm multiplied by.
+    norm.weight.copy_((scale.double() * math.sqrt(1.0 + norm.eps)).to(scale.dtype))
     norm.bias.copy_(shift)
     return norm
 
@@ -190,7 +190,7 @@ def example_inputs(module: nn.Module, input_shape, batch: int = 4, seed: int = 0
     if not isinstance(module, LambdaServer):
         return (x,)
     encoder = module.model.encoder
-    pool = encoder.lambdas if isinstance(encoder, CategoricalEncoder) else torch.linspace(0, 1, 11)
+    pool = encoder.lambdas.cpu() if isinstance(encoder, CategoricalEncoder) else torch.linspace(0, 1, 11)
     lam = pool[torch.randint(len(pool), (batch,), generator=generator)]
     lam[0], lam[-1] = 0.0, pool.max()  # both BatchNorms in every probe
     return x, lam
@@ -216,7 +216,8 @@ def write(module: nn.Module, path: str | Path, fmt: str = "pt", input_shape=None
         return path
     if input_shape is None:
         raise ValueError(f"format {fmt} needs input_shape to trace the network")
-    example = example_inputs(module, input_shape)
+    device = next(module.parameters()).device  # traced where the network is; the file runs there
+    example = tuple(t.to(device) for t in example_inputs(module, input_shape))
     serialise = {"pt2": _pt2_bytes, "torchscript": _torchscript_bytes, "onnx": _onnx_bytes}[fmt]
     write_bytes_atomic(path, serialise(module, example))
     return path
@@ -319,10 +320,12 @@ def max_difference(reference: nn.Module, exported, inputs: tuple[torch.Tensor, .
     mode, at ``lam`` or at the inputs' own λ) and an exported callable on ``inputs``."""
     was_training = reference.training
     reference.eval()
+    device = next(reference.parameters()).device
     try:
         with torch.no_grad():
-            expected = reference(*inputs) if lam is None else reference(inputs[0], lam)
+            on_device = [t.to(device) for t in inputs]
+            expected = reference(*on_device) if lam is None else reference(on_device[0], lam)
             got = exported(*inputs)
     finally:
         reference.train(was_training)
-    return (expected - got).abs().max().item()
+    return (expected.cpu() - got.cpu()).abs().max().item()

@@ -87,16 +87,13 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
     the network: a spec asking for 10⁹ classes is an error here, not an 800 GB allocation.
     """
     path = checkpoint_file(path)
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, exported=exported)
     if "model_spec" not in state:
         raise CheckpointError(f"{path} has no model description (model_spec); it was not written by oat train")
     spec = state["model_spec"]
     _check_spec(spec, path)
     if state.get("format") != EXPORT_FORMAT:
         _check_entries(state, path)
-    elif not exported:
-        raise CheckpointError(f"{path} is a model written by oat export, not a training checkpoint: it keeps no "
-                              "config to evaluate or train from; use the checkpoint it was exported from")
     weights = state["model"]
     if not isinstance(weights, dict):
         raise CheckpointError(f"{path}: its model weights are a {type(weights).__name__}, not a dict of named tensors")

@@ -95,6 +95,15 @@ def test_fold_leaves_the_model_as_it_was():
     assert any(isinstance(m, LambdaNorm) for m in net.modules())
 
 
+def test_fold_keeps_the_networks_dtype():
+    net = trained_like("small_cnn").double()
+    x = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        folded = oat.export(net, 0.3)
+        assert folded(x).dtype == torch.float64
+        assert (folded(x) - net(x, 0.3)).abs().max().item() <= 1e-12
+
+
 def test_fold_of_a_plain_network_is_an_eval_copy():
     plain = plain_twin("small_cnn").train()
     folded = oat.export(plain, 0.7)
@@ -232,6 +241,25 @@ def test_cli_export_refuses_bad_input_in_one_line(runs, tmp_path, capsys, monkey
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_cli_export_never_overwrites_a_runs_checkpoint_and_training_refuses_an_export(runs, tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(runs / "oat", copy)
+    before = (copy / "checkpoint.pt").read_bytes()
+    for out in (copy / "checkpoint.pt", copy / "./checkpoint.pt"):
+        assert main(["export", "--checkpoint", str(copy), "--lambda", "0.3", "--out", str(out)]) == 2
+        assert "training checkpoint" in capsys.readouterr().err
+    assert (copy / "checkpoint.pt").read_bytes() == before
+    # An export put where a checkpoint belongs by hand: resuming says so in one line.
+    assert main(["export", "--checkpoint", str(copy), "--lambda", "0.3", "--out", str(tmp_path / "m.pt")]) == 0
+    shutil.copy(tmp_path / "m.pt", copy / "checkpoint.pt")
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(copy), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "written by oat export" in err and len(err.strip().splitlines()) == 1
 
 
 def test_cli_export_refuses_an_unknown_format(runs, capsys):

@@ -242,6 +242,10 @@ def test_an_evaluation_missing_what_the_pick_needs_is_refused_by_name():
         pick({"dataset": "digits", "n": 3}, min_clean=0.9)
     with pytest.raises(PickError, match="no 'n'"):
         pick({**evaluation(), "n": None}, min_clean=0.9)
+    for not_a_dict in ([1, 2], "eval", None):  # JSON that is no object at all
+        for options in ({"min_clean": 0.9}, {"maximize": "clean"}):
+            with pytest.raises(PickError, match="not an evaluation"):
+                pick(not_a_dict, **options)
 
 
 # ---------------------------------------------------------------- a real evaluation

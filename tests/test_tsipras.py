@@ -223,3 +223,21 @@ def test_oat_plot_draws_the_true_frontier_and_the_exact_points(comparison):
         assert len(exact["OAT, exact from its weights"]) == 3 and len(exact["dedicated, exact from its weights"]) == 2
     finally:
         plt.close(figure)
+
+
+def test_a_categorical_linear_model_is_evaluated_exactly_at_its_own_lambdas_only():
+    splits = datasets.load("tsipras", n_train=10, n_test=200, seed=2)
+    torch.manual_seed(0)
+    net = models.create("linear", num_classes=2, input_shape=splits.info.input_shape, encoding="categorical",
+                        lambdas=(0.0, 0.5, 1.0)).eval()
+    result = oat.evaluate(net, splits, [0.0, 1.0], ["fgsm"], eps=EPS, n=200)
+    assert all("analytic" in point for point in result["points"]) and "analytic_curve" not in result
+
+
+def test_the_frontier_does_not_depend_on_the_signs_of_eta_and_of_p_minus_a_half(frontier):
+    mirrored = tsipras_linear_frontier(1 - P, D, -ETA, EPS)
+    assert np.array_equal(mirrored, frontier)
+    w, b = classifiers()["bayes"]
+    flipped = np.r_[-w[0], -w[1:]]  # sign(x₁) flipped by p → 1 − p, the Gaussian features by η → −η
+    assert tsipras_accuracy(flipped, b=b, eps=EPS, p=1 - P, eta=-ETA) == pytest.approx(
+        tsipras_accuracy(w, b=b, eps=EPS, p=P, eta=ETA))
