@@ -209,8 +209,9 @@ def _export_target(args) -> tuple[float | str, str]:
                         "(the conditioned network's .pt is its checkpoint)")
     if Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a directory; give the file to write")
-    if fmt == "onnx" and deploy.missing_onnx():
-        raise UserError(f"--format onnx needs {', '.join(deploy.missing_onnx())}: pip install 'oat[onnx]'")
+    missing = deploy.missing_onnx() if fmt == "onnx" else []
+    if missing:
+        raise UserError(f"--format onnx needs {', '.join(missing)}: pip install 'oat[onnx]'")
     return lam, fmt
 
 
@@ -308,19 +309,16 @@ def cmd_plot(args) -> int:
     return 0
 
 
-TSIPRAS_DEMO = "bench_tsipras_cpu.yaml"  # oat demo --task tsipras: the preset oat bench tsipras runs
-
-
 def cmd_demo(args) -> int:
     from oat.frontier.demo import run_demo
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
-    if args.task == "tsipras":
-        from oat.frontier.comparison import CONFIGS, load_comparison, run_comparison
+    if args.task == "tsipras":  # oat bench tsipras's preset, under the demo's name and directory
+        from oat.frontier.comparison import bench_config, load_comparison, run_comparison
 
-        run_comparison(load_comparison(CONFIGS / TSIPRAS_DEMO), args.out or "runs/demo-tsipras", workers=args.workers,
-                       retrain_stale=args.retrain_stale, name="demo")
+        run_comparison(load_comparison(bench_config("tsipras", "cpu")), args.out or "runs/demo-tsipras",
+                       workers=args.workers, retrain_stale=args.retrain_stale, name="demo")
         return 0
     run_demo(args.out or "runs/demo", workers=args.workers, retrain_stale=args.retrain_stale)
     return 0

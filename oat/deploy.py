@@ -270,8 +270,9 @@ def _pt2_bytes(module: nn.Module, example) -> bytes:
 
 
 def _onnx_bytes(module: nn.Module, example) -> bytes:
-    if missing_onnx():
-        raise ImportError(f"ONNX export needs {', '.join(missing_onnx())}: pip install 'oat[onnx]'")
+    missing = missing_onnx()
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}: pip install 'oat[onnx]'")
     names = ["x", "lam"] if isinstance(module, LambdaServer) else ["x"]
     program = _program(module, example)
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 
 from .attacks import APGD, CW, FGSM, PGD, Square, autoattack, fosc
 from .attacks.base import eval_mode
-from .conditioning import CategoricalEncoder
 from .datasets import closed_form
 from .datasets.base import dataset_tensors, to_unit
 from .lam import as_lambda
@@ -340,9 +339,7 @@ def _analytic(model: nn.Module, info, points: list[dict], eps: float) -> dict:
         if figures is not None:
             point["analytic"] = {"clean": figures[0], "robust": figures[1]}
     extra = {"data_params": dict(info.params)}
-    encoder = getattr(model, "encoder", None)
-    continuous = getattr(model, "conditioned", False) and not isinstance(encoder, CategoricalEncoder)
-    if continuous and any("analytic" in point for point in points):  # a categorical code exists only at its λ
+    if getattr(model, "serves_every_lambda", False) and any("analytic" in point for point in points):
         extra["analytic_curve"] = [dict(zip(("lambda", "clean", "robust"), (lam, *form(model, lam, eps, info))))
                                    for lam in ANALYTIC_CURVE]
     return extra

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conditioning import Conditioning, ConditioningConfig, NormFactory, make_encoder
+from .conditioning import CategoricalEncoder, Conditioning, ConditioningConfig, NormFactory, make_encoder
 from .lam import as_lambda
 
 
@@ -47,6 +47,12 @@ class LambdaNetwork(nn.Module, ABC):
     @property
     def conditioned(self) -> bool:
         return self.conditioning is not None
+
+    @property
+    def serves_every_lambda(self) -> bool:
+        """Whether every λ in [0, 1] has a code: a conditioned network with a continuous encoding (a
+        categorical one knows only its training values; a plain network has no λ at all)."""
+        return self.conditioned and not isinstance(self.encoder, CategoricalEncoder)
 
     def condition(self, lam: torch.Tensor, frozen: bool = False) -> Conditioning:
         """What the layers need to know about λ ``[B]``; ``frozen=True`` for an attack's repeated

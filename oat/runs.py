@@ -231,9 +231,8 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
     result["train_seconds"] = float(state["train_seconds"])
     result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
     result["epochs"] = int(state["epoch"])
-    spec = state["model_spec"]
     # oat pick interpolates between evaluated λ only for a network that serves every λ in [0, 1]
-    result["continuous_lambda"] = bool(spec["conditioned"]) and spec["options"].get("encoding") != "categorical"
+    result["continuous_lambda"] = model.serves_every_lambda
     # ... and never across λ = 0 where λ = 0 has a BatchNorm of its own
     result["dual_bn"] = any(isinstance(module, DualBatchNorm) for module in model.modules())
     return result
