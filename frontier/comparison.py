@@ -160,6 +160,14 @@ def autoattack_results(tasks: list[Task]) -> list[dict]:
     return rows
 
 
+def _work_ratio_text(summary: dict) -> str:
+    """The cost ratio in work (multiply-accumulates), when every run's is known."""
+    if summary.get("cost_ratio_work") is None:
+        return ""
+    return (f"{summary['cost_ratio_work']:.3f} in work ({summary['train_work_oat']:.3g} vs "
+            f"{summary['train_work_frontier']:.3g} multiply-accumulates), ")
+
+
 def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: str) -> None:
     log(f"plot:    {figures[0]} (and .svg)")
     log(f"report:  {out / 'report.md'}  summary: {out / 'summary.json'}")
@@ -169,7 +177,8 @@ def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: s
         + f"{summary['hypervolume_oat']:.4f} vs {summary['hypervolume_frontier']:.4f}); "
         f"cost ratio OAT / frontier: {summary['cost_ratio']:.3f} in passes "
         f"({summary['train_passes_oat'] / 1e6:.2f} M vs {summary['train_passes_frontier'] / 1e6:.2f} M), "
-        f"{summary['cost_ratio_seconds']:.3f} in seconds "
+        + _work_ratio_text(summary)
+        + f"{summary['cost_ratio_seconds']:.3f} in seconds "
         f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
     true = summary.get("true_frontier")
     if true and true["max_distance_oat"] is not None:

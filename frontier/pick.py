@@ -15,7 +15,8 @@ part is an interval and the objective is linear on it, so the optimum lies at an
 where a constrained figure crosses its bound; a crossing that beats the evaluated pick is reported
 as ``interpolated``: an estimate, not a measurement, to confirm with ``oat eval --lambdas``. With a
 dual BatchNorm (``dual_bn``, the default) λ = 0 is served by a BatchNorm of its own, so nothing is
-interpolated between λ = 0 and the next evaluated λ.
+interpolated between λ = 0 and the next evaluated λ; likewise between the last evaluated λ below 1
+and λ = 1 where λ = 1 has parameters of its own (``separate_lambdas`` holds 1: a triple BatchNorm).
 
 A λ chosen on the test split has optimistic test figures (it was selected for them): pick on a
 validation evaluation and report that λ's test figures.
@@ -118,12 +119,14 @@ def _crossings(p: dict, q: dict, constraints: dict) -> list[dict]:
     return found
 
 
-def _interpolated(points: list[dict], constraints: dict, objective: str, dual_bn: bool) -> dict | None:
+def _interpolated(points: list[dict], constraints: dict, objective: str, separate: set) -> dict | None:
     """The best crossing point over every segment between consecutive evaluated λ, or None. With a
     dual BatchNorm, λ = 0 has a BatchNorm of its own and every λ > 0 the other, so the figures jump
-    just above 0: no segment starts there."""
+    just above 0: no segment starts there (``0 in separate``); nor ends at λ = 1 when λ = 1 has
+    parameters of its own (``1 in separate``)."""
     candidates = [c for p, q in zip(points, points[1:])
-                  if q["lambda"] > p["lambda"] and not (dual_bn and p["lambda"] == 0)
+                  if q["lambda"] > p["lambda"] and not (0 in separate and p["lambda"] == 0)
+                  and not (1 in separate and q["lambda"] == 1)
                   for c in _crossings(p, q, constraints)]
     return max(candidates, key=lambda c: _key(c, objective), default=None)
 
@@ -170,8 +173,8 @@ def pick(result: dict, min_clean: float | None = None, min_robust: float | None 
         raise PickError("the evaluation has no 'n' (the number of examples it measured)")
     best = max((p for p in points if _feasible(p, constraints)), key=lambda p: _key(p, objective), default=None)
     # An evaluation that does not say is taken to have the default dual BatchNorm (the cautious reading).
-    dual_bn = result.get("dual_bn", True) is not False
-    estimate = _interpolated(points, constraints, objective, dual_bn) if result.get("continuous_lambda") else None
+    separate = set(result.get("separate_lambdas", [0.0] if result.get("dual_bn", True) is not False else []))
+    estimate = _interpolated(points, constraints, objective, separate) if result.get("continuous_lambda") else None
     if estimate is not None and best is not None and not estimate[objective] > best[objective] + TOLERANCE:
         estimate = None
     return {**_measured(best, constraints, n),

@@ -4,6 +4,11 @@
 directories; :func:`summarize` computes the headline figures; :func:`write_report` writes
 ``report.md`` and ``summary.json``.
 
+Training cost is given in passes (:mod:`oat.passes`: comparable between runs of one architecture)
+and in work, the passes weighted by each network's multiply-accumulates (comparable across
+architectures). The report also asks whether the OAT model's λ does what its name says — SA
+falling, RA rising as λ grows — beyond sampling noise (:mod:`.monotonicity`).
+
 Every figure uses the strongest evaluation that was run: an example counts as robust only if it
 survived every attack (``robust_worst``). The *dedicated frontier* is the set of fixed-λ PGD-AT
 baselines — the same objective family the OAT model is trained with, one run per λ, as in the
@@ -22,11 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oat.checkpoint import write_text_atomic
-from oat.passes import total
+from oat.passes import total, work
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
 from oat.runs import CONFIG, EVAL_RESULT, is_conditioned
 
 from .analytic import true_frontier_summary
+from .monotonicity import ALPHA, monotonicity
 from .pareto import gap, hypervolume, non_dominated
 from .sweep import FRONTIER_JSON
 from .uncertainty import LEVEL, RESAMPLES, bootstrap_ratio, wilson_interval
@@ -153,6 +159,9 @@ def summarize(comparison: Comparison) -> dict:
         "train_passes_oat": total((comparison.oat or {}).get("train_passes")),
         "train_passes_frontier": _total_passes(fixed),
         "train_passes_trades": _total_passes(trades),
+        "train_work_oat": _run_work(comparison.oat) if comparison.oat else None,
+        "train_work_frontier": _total_work(fixed),
+        "train_work_trades": _total_work(trades),
     }
     summary["hypervolume_ratio"] = _ratio(summary["hypervolume_oat"], summary["hypervolume_frontier"])
     # Resampling one example set for every model is only meaningful when they share it.
@@ -167,6 +176,8 @@ def summarize(comparison: Comparison) -> dict:
     # load cannot move it. The ratio of wall-clock seconds stays beside it.
     summary["cost_ratio"] = _ratio(summary["train_passes_oat"], summary["train_passes_frontier"])
     summary["cost_ratio_seconds"] = _ratio(summary["train_seconds_oat"], summary["train_seconds_frontier"])
+    # Passes weighted by each network's multiply-accumulates: comparable when the architectures differ.
+    summary["cost_ratio_work"] = _ratio(summary["train_work_oat"], summary["train_work_frontier"])
     if oat_points and fixed:
         result = gap(sa_ra(oat_points), sa_ra(fixed))
         summary["gap"] = {"mean_deficit": result["mean_deficit"], "worst_deficit": result["worst_deficit"],
@@ -174,6 +185,7 @@ def summarize(comparison: Comparison) -> dict:
     else:
         summary["gap"] = None
     summary["true_frontier"] = true_frontier_summary(comparison.oat, fixed + trades)
+    summary["monotonicity"] = monotonicity(oat_points, protocol_of(comparison.oat).get("n")) if comparison.oat else None
     flags = [dict(flag, model="oat") for flag in (comparison.oat or {}).get("flags", [])]
     for point in comparison.dedicated:
         flags += [dict(flag, model=point["name"]) for flag in point.get("flags", [])]
@@ -185,6 +197,17 @@ def _total_passes(points: list[dict]) -> int | None:
     """All the training passes of ``points``; None when there are none or one was not counted."""
     totals = [total(p.get("train_passes")) for p in points]
     return sum(totals) if totals and None not in totals else None
+
+
+def _run_work(run: dict) -> int | None:
+    """A run's training work in multiply-accumulates (oat.passes.work); None when uncounted."""
+    return work(run.get("train_passes"), run.get("train_macs_per_example"))
+
+
+def _total_work(points: list[dict]) -> int | None:
+    """All the training work of ``points``; None when there are none or one is unknown."""
+    works = [_run_work(p) for p in points]
+    return sum(works) if works and None not in works else None
 
 
 def _ratio(a, b):
@@ -251,12 +274,14 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
         f"{_interval(summary['hypervolume_ratio_interval'])} |",
         f"| hypervolume, fixed-β TRADES ({summary['runs_trades']} runs) | {_num(summary['hypervolume_trades'])} |",
         f"| hypervolume ratio OAT / every dedicated model | {_num(summary['hypervolume_ratio_all_dedicated'])} |",
-        f"| training passes, OAT | {_passes(summary['train_passes_oat'])} (1 run) |",
-        f"| training passes, fixed-λ frontier | {_passes(summary['train_passes_frontier'])} "
-        f"({summary['runs_frontier']} runs) |",
-        f"| training passes, TRADES points | {_passes(summary['train_passes_trades'])} "
-        f"({summary['runs_trades']} runs) |",
+        f"| training passes (work), OAT | {_passes(summary['train_passes_oat'])}; "
+        f"work {_work(summary['train_work_oat'])} (1 run) |",
+        f"| training passes (work), fixed-λ frontier | {_passes(summary['train_passes_frontier'])}; "
+        f"work {_work(summary['train_work_frontier'])} ({summary['runs_frontier']} runs) |",
+        f"| training passes (work), TRADES points | {_passes(summary['train_passes_trades'])}; "
+        f"work {_work(summary['train_work_trades'])} ({summary['runs_trades']} runs) |",
         f"| **cost ratio OAT / frontier (passes)** | **{_num(summary['cost_ratio'])}** |",
+        f"| cost ratio OAT / frontier (work: multiply-accumulates) | {_num(summary['cost_ratio_work'])} |",
         f"| training time, OAT / fixed-λ frontier / TRADES | {_secs(summary['train_seconds_oat'])} / "
         f"{_secs(summary['train_seconds_frontier'])} / {_secs(summary['train_seconds_trades'])} |",
         f"| cost ratio OAT / frontier (wall-clock seconds) | {_num(summary['cost_ratio_seconds'])} |",
@@ -271,7 +296,9 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
     lines += ["", "A point's deficit is the smallest equal gain in SA and RA that would leave no dedicated "
               "model strictly better in both; 0 means it lies on or beyond the frontier. Training passes: "
               "forward and backward passes over single examples, attack steps included (one forward of one "
-              "example is one pass, its backward another).", ""]
+              "example is one pass, its backward another). Work: each pass weighted by its network's "
+              "multiply-accumulates (MACs) per example, M for a forward or an input-only backward, 2M for a "
+              "backward with weight gradients; unlike passes it compares networks of different sizes.", ""]
     lines += ["## All points", "", "| model | λ | β | SA | " + " | ".join(f"RA {a}" for a in attacks)
               + " | RA worst | train passes | train s |", "|---" * (6 + len(attacks)) + "|---|"]
     n = summary["n"]
@@ -287,6 +314,7 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
     if non_dom:
         names = [p["name"] for p in comparison.fixed_lambda if (p["clean"], p["robust_worst"]) in non_dom]
         lines += ["", f"Fixed-λ models on the frontier: {', '.join(names)}."]
+    lines += _monotonicity_lines(summary.get("monotonicity"))
     lines += _autoattack_lines(summary.get("autoattack") or [])
     lines += _true_frontier_lines(summary.get("true_frontier"))
     lines += ["", "## Evaluation flags", ""]
@@ -295,6 +323,41 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
     else:
         lines.append("None: no masking check fired (oat/masking.py lists them).")
     return "\n".join(lines) + "\n"
+
+
+def _monotonicity_lines(result: dict | None) -> list[str]:
+    """Whether SA falls and RA rises with λ, each violation beyond sampling noise on its own line."""
+    if not result:
+        return []
+    lines = ["", "## Does λ do what it says?", "",
+             "Between consecutive evaluated λ, SA should not rise and RA should not fall. Each step that goes "
+             "the wrong way is tested on the shared test examples: an exact two-sided McNemar test on the "
+             f"examples that change, significant at p < {ALPHA:g} (without per-example results: disjoint "
+             "Wilson 95% intervals).", ""]
+    significant = [v for v in result["violations"] if v["significant"]]
+    noise = [v for v in result["violations"] if not v["significant"]]
+    if not significant:
+        lines.append("SA falls and RA rises with λ within sampling noise." if noise else
+                     "SA never rises and RA never falls as λ grows: λ does what it says.")
+    else:
+        lines.append("**Beyond sampling noise, λ does not do what its name says here:**")
+        lines += [f"- {_step(v)}: {_change(v)}" for v in significant]
+    if noise:
+        lines += ["", "Within sampling noise: " + "; ".join(f"{_step(v)} ({_change(v)})" for v in noise) + "."]
+    return lines
+
+
+def _step(violation: dict) -> str:
+    low, high = violation["lambdas"]
+    return f"{violation['metric']} from λ = {low:g} to {high:g}"
+
+
+def _change(violation: dict) -> str:
+    before, after = violation["values"]
+    text = f"{100 * before:.1f}% → {100 * after:.1f}%"
+    if violation["p"] is not None:
+        text += f"; examples lost {violation['b']}, gained {violation['c']}, p = {violation['p']:.2g}"
+    return text
 
 
 def _true_frontier_lines(true: dict | None) -> list[str]:
@@ -349,6 +412,16 @@ def _interval(interval) -> str:
 
 def _passes(value) -> str:
     return "–" if value is None else f"{value / 1e6:.2f} M"
+
+
+def _work(value) -> str:
+    """Multiply-accumulates with an SI prefix (``12.3 T MACs``)."""
+    if value is None:
+        return "–"
+    for exponent, prefix in ((15, "P "), (12, "T "), (9, "G "), (6, "M ")):
+        if value >= 10**exponent:
+            return f"{value / 10**exponent:.3g} {prefix}MACs"
+    return f"{value} MACs"
 
 
 def _secs(value) -> str:

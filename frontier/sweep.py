@@ -206,6 +206,7 @@ def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
             "clean": measured["clean"], "robust": measured["robust"], "robust_worst": measured["robust_worst"],
             "per_example": measured.get("per_example"), "analytic": measured.get("analytic"),
             "train_seconds": result["train_seconds"], "train_passes": result.get("train_passes"),
+            "train_macs_per_example": result.get("train_macs_per_example"),
             "epochs": result["epochs"], "flags": result["flags"],
             "run_dir": str(path.parent), "protocol": protocol_of(result),
         })

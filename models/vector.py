@@ -37,7 +37,7 @@ class LinearClassifier(LambdaNetwork):
     def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         return self.layer(x, cond)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         return features
 
     @torch.no_grad()
@@ -74,5 +74,5 @@ class MLP(LambdaNetwork):
             x = torch.relu(layer(x, cond))
         return x
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         return self.out(features, None)

@@ -305,6 +305,7 @@ def cmd_plot(args) -> int:
     if summary["hypervolume_ratio"] is not None:
         print(f"hypervolume ratio OAT / frontier {summary['hypervolume_ratio']:.3f}"
               + (f", cost ratio {summary['cost_ratio']:.3f}" if summary["cost_ratio"] is not None else "")
+              + (f" ({summary['cost_ratio_work']:.3f} in work)" if summary.get("cost_ratio_work") is not None else "")
               + (" (PROTOCOL MISMATCH: not a fair comparison)" if comparison.mismatches else ""))
     return 0
 

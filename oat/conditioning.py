@@ -31,6 +31,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .registry import Registry
 
@@ -45,8 +46,11 @@ class ConditioningConfig:
         ``"categorical"`` (the reference: a row of a fixed random orthogonal matrix per training λ).
     code_dim: size of the λ encoding (the reference's categorical encoding uses 128).
     film: FiLM after every main-path BatchNorm; ``False`` leaves only the dual BN.
-    film_width: hidden width of each FiLM MLP.
+    film_width: hidden width of each FiLM MLP; None: twice the layer's channels (the reference's).
+    film_form: how the MLP's outputs become γ and β (:class:`FiLM`): ``identity``,
+        ``near_identity`` or ``reference``.
     dual_bn: separate BatchNorms for λ = 0 and λ > 0; ``False`` is the single-BN ablation.
+    triple_bn: three BatchNorms, for λ = 0, 0 < λ < 1 and λ = 1 (:class:`TripleBatchNorm`).
     lambdas: the training λ values a categorical encoding knows.
     seed: seed of the categorical encoding's random matrix.
     """
@@ -54,15 +58,19 @@ class ConditioningConfig:
     encoding: str = "sinusoidal"
     code_dim: int = 16
     film: bool = True
-    film_width: int = 64
+    film_width: int | None = 64
+    film_form: str = "identity"
     dual_bn: bool = True
+    triple_bn: bool = False
     lambdas: tuple[float, ...] = REFERENCE_LAMBDAS
     seed: int = 0
 
     def __post_init__(self):
         ENCODERS.get(self.encoding)  # an unknown name: ValueError naming the closest known one
-        if self.code_dim < 1 or self.film_width < 1:
+        if self.code_dim < 1 or (self.film_width is not None and self.film_width < 1):
             raise ValueError("code_dim and film_width must be positive")
+        if self.film_form not in FILM_FORMS:
+            raise ValueError(f"film_form must be one of {FILM_FORMS}, got {self.film_form!r}")
         object.__setattr__(self, "lambdas", tuple(float(v) for v in self.lambdas))
 
 
@@ -179,30 +187,52 @@ def make_encoder(config: ConditioningConfig) -> nn.Module:
 
 
 class FiLM(nn.Module):
-    """Feature-wise linear modulation ``h ↦ (1 + Δγ(c)) ⊙ h + β(c)`` from a λ code ``c``.
+    """Feature-wise linear modulation ``h ↦ γ(c) ⊙ h + β(c)`` from a λ code ``c``.
 
-    MLP: Linear(code_dim → width) – LeakyReLU – Linear(width → 2·channels), the last layer
-    zero-initialised so that FiLM starts as the identity.
+    MLP: Linear(code_dim → width) – LeakyReLU – Linear(width → 2·channels), whose two halves give
+    γ and β in one of three forms (:data:`FILM_FORMS`):
+
+    * ``identity`` (default): γ = 1 + Δγ, β as is, the last layer zero-initialised, so a fresh
+      FiLM is exactly the identity and a conditioned network starts as its plain twin;
+    * ``near_identity`` (YOTO, Dosovitskiy & Djolonga 2020): γ = 1 + 0.1·Δγ, β = 0.1·β under the
+      ordinary initialisation: near, not at, the identity, so λ moves the features from the start;
+    * ``reference`` (the OAT reference code's ``models/FiLM.py``): γ = lrelu(·), β = lrelu(·),
+      hidden LeakyReLU of slope 0.01, ordinary initialisation (a fresh γ is about 0.08, not 1).
+
+    ``width`` None: 2·channels, the reference's width.
     """
 
-    def __init__(self, channels: int, code_dim: int, width: int = 64):
+    def __init__(self, channels: int, code_dim: int, width: int | None = 64, form: str = "identity"):
         super().__init__()
+        if form not in FILM_FORMS:
+            raise ValueError(f"film_form must be one of {FILM_FORMS}, got {form!r}")
         self.channels = channels
+        self.form = form
+        width = 2 * channels if width is None else width
+        slope = 0.01 if form == "reference" else 0.2
         self.mlp = nn.Sequential(
-            nn.Linear(code_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, 2 * channels)
+            nn.Linear(code_dim, width), nn.LeakyReLU(slope), nn.Linear(width, 2 * channels)
         )
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        if form == "identity":
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
 
     def modulation(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(γ, β)``, each ``[B, channels]``, for λ codes ``[B, code_dim]``."""
-        delta_gamma, beta = self.mlp(code).chunk(2, dim=1)
-        return 1 + delta_gamma, beta
+        first, second = self.mlp(code).chunk(2, dim=1)
+        if self.form == "identity":
+            return 1 + first, second
+        if self.form == "near_identity":
+            return 1 + 0.1 * first, 0.1 * second
+        return F.leaky_relu(first, 0.01), F.leaky_relu(second, 0.01)
 
     def forward(self, h: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         gamma, beta = self.modulation(code)
         shape = (h.shape[0], self.channels) + (1,) * (h.dim() - 2)
         return torch.addcmul(beta.reshape(shape), h, gamma.reshape(shape))
+
+
+FILM_FORMS = ("identity", "near_identity", "reference")
 
 
 class FiLMLinear(nn.Module):
@@ -225,7 +255,7 @@ class FiLMLinear(nn.Module):
         self.side = side
         self.linear = nn.Linear(in_features, out_features)
         width = in_features if side == "input" else out_features
-        self.film = FiLM(width, config.code_dim, config.film_width) if config is not None else None
+        self.film = FiLM(width, config.code_dim, config.film_width, config.film_form) if config is not None else None
 
     def forward(self, h: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         if self.film is None:
@@ -285,14 +315,43 @@ class DualBatchNorm(nn.Module):
         return torch.cat([clean, adv]).index_select(0, cond.inverse)
 
 
+class TripleBatchNorm(nn.Module):
+    """Three BatchNorms routed per example: λ = 0 → ``bn_clean``, 0 < λ < 1 → ``bn_mixed``,
+    λ = 1 → ``bn_adv``: the robust end gets statistics and an affine map of its own, as the
+    accurate end does under the dual BN."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.bn_clean = nn.BatchNorm2d(channels)
+        self.bn_mixed = nn.BatchNorm2d(channels)
+        self.bn_adv = nn.BatchNorm2d(channels)
+
+    def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        if cond.n_clean < 0:
+            raise RuntimeError("an unrouted conditioning (a served network) needs its BatchNorms in eval mode")
+        groups = [cond.lam == 0, (cond.lam > 0) & (cond.lam < 1), cond.lam == 1]
+        out = torch.empty_like(h)
+        for mask, bn in zip(groups, (self.bn_clean, self.bn_mixed, self.bn_adv)):
+            index = mask.nonzero().squeeze(1)
+            if index.numel() == h.shape[0]:
+                return bn(h)
+            if index.numel():
+                out = out.index_copy(0, index, bn(h.index_select(0, index)))
+        return out
+
+
 class LambdaNorm(nn.Module):
     """A conditioned network's norm layer: (dual or single) BatchNorm, then FiLM if enabled."""
 
     def __init__(self, channels: int, config: ConditioningConfig, film: bool = True):
         super().__init__()
-        # Both kinds are called as bn(h, cond); the single-BN ablation's simply ignores λ.
-        self.bn = DualBatchNorm(channels) if config.dual_bn else BatchNorm2d(channels)
-        self.film = FiLM(channels, config.code_dim, config.film_width) if (film and config.film) else None
+        # Every kind is called as bn(h, cond); the single-BN ablation's simply ignores λ.
+        if config.triple_bn:
+            self.bn = TripleBatchNorm(channels)
+        else:
+            self.bn = DualBatchNorm(channels) if config.dual_bn else BatchNorm2d(channels)
+        self.film = (FiLM(channels, config.code_dim, config.film_width, config.film_form)
+                     if film and config.film else None)
 
     def forward(self, h: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if self._batch_norms_in_eval_mode():
@@ -305,7 +364,8 @@ class LambdaNorm(nn.Module):
         return h
 
     def _batch_norms(self) -> tuple[nn.Module, ...]:
-        """The BatchNorms inside: (bn_clean, bn_adv) for the dual BN, the one BN otherwise."""
+        """The BatchNorms inside: (bn_clean, bn_adv) for the dual BN, (bn_clean, bn_mixed, bn_adv)
+        for the triple one, the one BN otherwise."""
         return tuple(m for m in self.bn.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def _batch_norms_in_eval_mode(self) -> bool:
@@ -333,9 +393,13 @@ class LambdaNorm(nn.Module):
                 shift = shift + bn.bias
             affines.append((scale, shift))
         batch = cond.lam.shape[0]
-        if len(affines) == 2:
+        if len(affines) > 1:
             clean = (cond.lam == 0)[:, None]
-            (clean_scale, clean_shift), (adv_scale, adv_shift) = affines
+            (clean_scale, clean_shift), (adv_scale, adv_shift) = affines[0], affines[-1]
+            if len(affines) == 3:  # the triple BN: 0 < λ < 1 has its own
+                mixed = (cond.lam < 1)[:, None]
+                adv_scale = torch.where(mixed, affines[1][0], adv_scale)
+                adv_shift = torch.where(mixed, affines[1][1], adv_shift)
             scale, shift = torch.where(clean, clean_scale, adv_scale), torch.where(clean, clean_shift, adv_shift)
         else:
             scale, shift = affines[0][0].expand(batch, -1), affines[0][1].expand(batch, -1)

@@ -57,7 +57,7 @@ class AttackConfig:
 
 @dataclass
 class LambdaConfig:
-    sampler: str = "reference"  # reference | uniform | beta | fixed
+    sampler: str = "reference"  # reference | uniform | beta | sandwich | fixed
     params: dict = field(default_factory=dict)
 
 
@@ -68,6 +68,7 @@ class OptimConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     nesterov: bool = False
+    conditioning_weight_decay: float | None = None  # FiLM's parameters; None: weight_decay like the rest
 
 
 @dataclass
@@ -237,6 +238,7 @@ _RANGES = {
     "optim.lr": (lambda v: _finite(v) and v > 0, "a finite positive number"),
     "optim.momentum": (lambda v: _finite(v) and 0 <= v < 1, "a number in [0, 1)"),
     "optim.weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
+    "optim.conditioning_weight_decay": (lambda v: v is None or (_finite(v) and v >= 0), "null or a finite number ≥ 0"),
     "schedule.gamma": (lambda v: _finite(v) and v > 0, "a finite positive number"),
     "schedule.warmup_epochs": (lambda v: _finite(v) and v >= 0, "a finite number ≥ 0"),
     "attack.eps": (lambda v: v is None or (_finite(v) and v >= 0), "null or a finite number ≥ 0"),

@@ -80,6 +80,7 @@ def fold(model: LambdaNetwork, lam: float) -> LambdaNetwork:
                 folded.set_submodule(name, _affine_batch_norm(scale[0], shift[0]))
             elif isinstance(module, FiLMLinear) and module.film is not None:  # vector networks: no BatchNorm
                 module.fold(cond.code)
+        folded.fold_head(cond)
     folded.encoder = None
     folded.conditioning = None
     folded.norm = NormFactory(None)

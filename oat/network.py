@@ -15,14 +15,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .conditioning import CategoricalEncoder, Conditioning, ConditioningConfig, NormFactory, make_encoder
+from .conditioning import (CategoricalEncoder, Conditioning, ConditioningConfig, DualBatchNorm, NormFactory,
+                           TripleBatchNorm, make_encoder)
 from .lam import as_lambda
 
 
 class LambdaNetwork(nn.Module, ABC):
     """Base class: subclasses build layers with ``self.norm(channels)`` and implement
-    ``forward_features(x, cond)`` (normalised input → features); ``forward_head(features)``
-    pools and applies ``self.fc`` unless a subclass overrides it.
+    ``forward_features(x, cond)`` (normalised input → features); ``forward_head(features, cond)``
+    pools and applies ``self.fc`` unless a subclass overrides it. A subclass whose head is
+    conditioned too folds it at one λ in :meth:`fold_head`.
     """
 
     def __init__(
@@ -54,6 +56,17 @@ class LambdaNetwork(nn.Module, ABC):
         categorical one knows only its training values; a plain network has no λ at all)."""
         return self.conditioned and not isinstance(self.encoder, CategoricalEncoder)
 
+    @property
+    def separate_lambdas(self) -> list[float]:
+        """The λ values served by parameters of their own (a BatchNorm or a head that no other λ
+        uses), so the network's figures jump there: [0.0] under the dual BatchNorm, [0.0, 1.0]
+        under the triple one, [] for a network whose every λ shares every parameter."""
+        if not self.conditioned:
+            return []
+        routed = [m for m in self.modules() if isinstance(m, (DualBatchNorm, TripleBatchNorm))]
+        triple = any(isinstance(m, TripleBatchNorm) for m in routed)
+        return ([0.0] if routed else []) + ([1.0] if triple else [])
+
     def condition(self, lam: torch.Tensor, frozen: bool = False) -> Conditioning:
         """What the layers need to know about λ ``[B]``; ``frozen=True`` for an attack's repeated
         forward passes (see :class:`~oat.conditioning.Conditioning`). λ may live on the CPU while
@@ -78,15 +91,19 @@ class LambdaNetwork(nn.Module, ABC):
         elif lam is not None:
             as_lambda(lam, x.shape[0])  # validate even though a plain net ignores it
         x = (x - self.mean) / self.std
-        return self.forward_head(self.forward_features(x, cond))
+        return self.forward_head(self.forward_features(x, cond), cond)
 
     @abstractmethod
     def forward_features(self, x: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         """Normalised images → features (before global pooling and the classifier)."""
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(self, features: torch.Tensor, cond: Conditioning | None) -> torch.Tensor:
         """Features → logits: by default global average pooling, then the linear layer ``self.fc``."""
         return self.fc(F.adaptive_avg_pool2d(features, 1).flatten(1))
+
+    def fold_head(self, cond: Conditioning) -> None:
+        """Fold a conditioned head at the one λ of ``cond`` into the plain network's head, in place
+        (:func:`oat.deploy.fold`); nothing to do for a head that does not read λ."""
 
 
 def _per_channel(value, channels: int, rank: int = 3) -> torch.Tensor:
@@ -151,7 +168,7 @@ def init_from_plain(conditioned: LambdaNetwork, plain: LambdaNetwork) -> LambdaN
     target = conditioned.state_dict()
     for key in target:
         source = key
-        for part in (".bn.bn_clean.", ".bn.bn_adv.", ".bn."):
+        for part in (".bn.bn_clean.", ".bn.bn_mixed.", ".bn.bn_adv.", ".bn."):
             if part in key:
                 source = key.replace(part, ".")
                 break

@@ -12,12 +12,31 @@ forward of one example through the network is one *forward unit*, and its backwa
 the examples of every call; a hook on each call's output counts them again when a gradient flows
 back through it; a hook on every parameter marks that backward as a full one (a weight received
 a gradient). Nothing here reads a tensor's values, so it adds no device synchronisation.
+
+Passes compare runs of one architecture; across architectures (a wider OAT network, say) a pass
+costs more on the bigger one. *Work* weighs each pass by the network's size, in multiply-
+accumulates (MACs): :func:`forward_macs` measures M, the MACs of one forward of one example
+(every ``nn.Conv2d`` and ``nn.Linear``, the FiLM MLPs' included), and :func:`work` counts a run as
+
+    work = M × (forward + backward_input + 2 × backward_full),
+
+the usual approximation: a backward that only reaches the input costs about one forward (the
+gradient with respect to each layer's input is one product of the same size), and one that also
+computes weight gradients about two (a second product of that size per layer). Normalisation,
+activations and pooling are left out, as is the attacks' reuse of a frozen conditioning (their
+later steps skip the FiLM MLPs, which are counted in every forward: a slight overstatement for a
+conditioned network).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn as nn
+
+from .attacks.base import eval_mode
+from .network import LambdaNetwork
 
 KINDS = ("forward", "backward_input", "backward_full")
 
@@ -87,3 +106,46 @@ def total(counts: dict | None) -> int | None:
     if not counts:
         return None
     return sum(int(counts.get(kind, 0)) for kind in KINDS)
+
+
+def forward_macs(model: nn.Module, input_shape, lam: float = 0.5) -> int:
+    """Multiply-accumulates of one forward pass of one example through ``model`` (inputs of shape
+    ``input_shape``, without the batch dimension), measured with forward hooks on every
+    ``nn.Conv2d`` and ``nn.Linear`` during one forward of a zero input, in eval mode and without
+    gradients (every module's mode is restored). A λ-network is called at ``lam``: λ = 0 and λ > 0
+    may route through different BatchNorms but cost the same; a categorical encoding needs one of
+    its known λ. Attach no :class:`PassCounter` meanwhile: it would count this forward."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    macs = 0
+
+    def count(module, args, output):
+        nonlocal macs
+        macs += _layer_macs(module, output)
+
+    handles = [layer.register_forward_hook(count) for layer in layers]
+    reference = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=reference.device if reference is not None else None)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            model(x, lam) if isinstance(model, LambdaNetwork) else model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return macs
+
+
+def _layer_macs(layer: nn.Module, output: torch.Tensor) -> int:
+    """A layer's multiply-accumulates for ``output`` (of a batch of one example): each output
+    element is one dot product over the inputs it sees."""
+    if isinstance(layer, nn.Conv2d):
+        return output.numel() * (layer.in_channels // layer.groups) * math.prod(layer.kernel_size)
+    return output.numel() * layer.in_features
+
+
+def work(counts: dict | None, macs: int | None) -> int | None:
+    """A run's training work in multiply-accumulates from its pass ``counts`` and its network's
+    forward MACs per example (see the module docstring); None when either is unknown."""
+    if not counts or macs is None:
+        return None
+    passes = {kind: int(counts.get(kind, 0)) for kind in KINDS}
+    return int(macs) * (passes["forward"] + passes["backward_input"] + 2 * passes["backward_full"])

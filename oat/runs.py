@@ -16,7 +16,6 @@ import torch.nn as nn
 from oat import models
 
 from .checkpoint import EXPORT_FORMAT, CheckpointError, load_checkpoint
-from .conditioning import DualBatchNorm
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
@@ -230,12 +229,21 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | N
         result["flags"] += result["eps_sweep"]["flags"]
     result["train_seconds"] = float(state["train_seconds"])
     result["train_passes"] = state.get("passes")  # oat.passes counts; None for a run from before they were kept
+    result["train_macs_per_example"] = _macs_per_example(state)
     result["epochs"] = int(state["epoch"])
     # oat pick interpolates between evaluated λ only for a network that serves every λ in [0, 1]
     result["continuous_lambda"] = model.serves_every_lambda
-    # ... and never across λ = 0 where λ = 0 has a BatchNorm of its own
-    result["dual_bn"] = any(isinstance(module, DualBatchNorm) for module in model.modules())
+    # ... and never across λ = 0 (or 1) where that λ has parameters of its own
+    result["separate_lambdas"] = model.separate_lambdas
+    result["dual_bn"] = 0.0 in result["separate_lambdas"]
     return result
+
+
+def _macs_per_example(state: dict) -> int | None:
+    """The network's forward multiply-accumulates per example (oat.passes.forward_macs) as the
+    checkpoint holds them; None for a run from before they were kept, or a value that is no count."""
+    macs = state.get("macs_per_example")
+    return macs if isinstance(macs, int) and not isinstance(macs, bool) and macs >= 0 else None
 
 
 def saved_eval(state: dict) -> EvalConfig:

@@ -58,6 +58,12 @@ class Sampler(ABC):
     def sample(self, batch_size: int) -> torch.Tensor:
         """λ for one batch: a float32 tensor of shape ``[batch_size]``."""
 
+    @property
+    def discrete_values(self) -> tuple[float, ...] | None:
+        """Every λ the sampler can draw, sorted, when that is a finite set (what a categorical
+        λ encoding must know); None for a continuous law."""
+        return None
+
     def state_dict(self) -> dict:
         """The generator state (and the sampler's kind, to catch a mismatched load)."""
         return {"kind": type(self).__name__, "generator": self.generator.get_state()}
@@ -97,6 +103,10 @@ class ReferenceSampler(Sampler):
         self.values = values
         self.nonzero = torch.tensor([v for v in values if v != 0.0], dtype=torch.float32)
         self.has_zero = 0.0 in values
+
+    @property
+    def discrete_values(self) -> tuple[float, ...]:
+        return self.values
 
     def sample(self, batch_size: int) -> torch.Tensor:
         batch_size = _check_batch_size(batch_size)
@@ -159,6 +169,52 @@ class BetaSampler(Sampler):
         return self._with_forced_zeros(lam, forced_zero_count(batch_size, self.zero_share))
 
 
+class SandwichSampler(Sampler):
+    """Both ends in every batch, the interior between them (the slimmable networks' "sandwich
+    rule", Yu & Huang 2019: train the smallest and largest width in every step).
+
+    Exactly ⌈B·zero_share⌉ examples per batch get λ = 0 and ⌈B·one_share⌉ get λ = 1, at random
+    positions; the rest are drawn from the interior: uniformly from ``values`` when given (a
+    discrete set, as the reference's), else from U(low, high). So the accurate and the robust end
+    each train on a fixed share of every batch however the interior is spread.
+    """
+
+    def __init__(self, zero_share: float = 1 / 6, one_share: float = 1 / 6, values: Sequence[float] | None = None,
+                 low: float = 0.0, high: float = 1.0, seed: int = 0):
+        super().__init__(seed)
+        self.zero_share = _check_unit("zero_share", zero_share)
+        self.one_share = _check_unit("one_share", one_share)
+        if self.zero_share + self.one_share > 1:
+            raise ValueError(f"zero_share + one_share must be at most 1, got {zero_share} + {one_share}")
+        self.low, self.high = _check_unit("low", low), _check_unit("high", high)
+        if self.low > self.high:
+            raise ValueError(f"low must not exceed high, got low={low}, high={high}")
+        self.values = None
+        if values is not None:
+            self.values = tuple(_check_unit("λ value", v) for v in values)
+            if not self.values:
+                raise ValueError("values, when given, must hold at least one λ value")
+
+    @property
+    def discrete_values(self) -> tuple[float, ...] | None:
+        return None if self.values is None else tuple(sorted({0.0, 1.0, *self.values}))
+
+    def sample(self, batch_size: int) -> torch.Tensor:
+        batch_size = _check_batch_size(batch_size)
+        if self.values is not None:
+            table = torch.tensor(self.values, dtype=torch.float32)
+            lam = table[torch.randint(len(self.values), (batch_size,), generator=self.generator)]
+        else:
+            lam = self.low + (self.high - self.low) * torch.rand(batch_size, generator=self.generator)
+            lam = lam.clamp_(self.low, self.high)
+        n_zero = forced_zero_count(batch_size, self.zero_share)
+        n_one = min(batch_size - n_zero, forced_zero_count(batch_size, self.one_share))
+        positions = torch.randperm(batch_size, generator=self.generator)
+        lam[positions[:n_zero]] = 0.0
+        lam[positions[n_zero:n_zero + n_one]] = 1.0
+        return lam
+
+
 class FixedSampler(Sampler):
     """Every example gets the same λ: the dedicated fixed-λ baselines."""
 
@@ -166,13 +222,17 @@ class FixedSampler(Sampler):
         super().__init__(seed)
         self.value = _check_unit("λ value", value)
 
+    @property
+    def discrete_values(self) -> tuple[float, ...]:
+        return (self.value,)
+
     def sample(self, batch_size: int) -> torch.Tensor:
         return torch.full((_check_batch_size(batch_size),), self.value, dtype=torch.float32)
 
 
 SAMPLERS = Registry("λ sampler")
 for _name, _cls in (("reference", ReferenceSampler), ("uniform", UniformSampler), ("beta", BetaSampler),
-                    ("fixed", FixedSampler)):
+                    ("sandwich", SandwichSampler), ("fixed", FixedSampler)):
     SAMPLERS.register(_name, _cls)
 
 
@@ -182,7 +242,7 @@ def sampler_names() -> list[str]:
 
 
 def make_sampler(name: str, seed: int = 0, **params) -> Sampler:
-    """Build the λ sampler ``name`` ("reference", "uniform", "beta", "fixed") with ``params``.
+    """Build the λ sampler ``name`` ("reference", "uniform", "beta", "sandwich", "fixed") with ``params``.
 
     Unknown names, unknown or missing parameters and out-of-range values raise ``ValueError``.
     """

@@ -32,13 +32,14 @@ from .evaluation import check_bounds
 from .awp import AWP
 from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
                          write_text_atomic)
+from .conditioning import FiLM
 from .config import Config, ConfigError, check_config, config_differences, dump_config, saved_config
 from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
                           setup, teardown)
 from .monitor import (GradientSignals, epoch_report, format_summary, noise_batches, overestimation_summary, validate,
                       validation_lambdas)
 from .objectives import make_objective
-from .passes import KINDS, PassCounter
+from .passes import KINDS, PassCounter, forward_macs
 from .progress import Progress, format_seconds
 from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, build_model
 from .sampling import make_sampler
@@ -85,15 +86,13 @@ def model_spec(config: Config, info: datasets.DatasetInfo) -> dict:
 
 
 def training_lambdas(config: Config) -> list[float]:
-    """The λ values the sampler draws from (a discrete set), or its fixed value."""
-    params = config.lambdas.params
-    if config.lambdas.sampler == "reference":
-        from .conditioning import REFERENCE_LAMBDAS
-
-        return [float(v) for v in params.get("values", REFERENCE_LAMBDAS)]
-    if config.lambdas.sampler == "fixed":
-        return [float(params.get("value", 0.0))]
-    return []  # continuous samplers: no discrete training set
+    """The λ values the sampler draws from (a discrete set, its fixed value), or [] for a
+    continuous law: the sampler itself says (:attr:`oat.sampling.Sampler.discrete_values`)."""
+    try:
+        values = make_sampler(config.lambdas.sampler, seed=0, **config.lambdas.params).discrete_values
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"lambdas: {first_line(error)}") from None
+    return [] if values is None else list(values)
 
 
 def build(config: Config) -> Experiment:
@@ -233,12 +232,24 @@ def _autocast(device: torch.device, precision: str):
 
 def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     opt = config.optim
+    groups = _parameter_groups(model, opt.weight_decay, opt.conditioning_weight_decay)
     if opt.name == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=opt.lr, momentum=opt.momentum,
-                               weight_decay=opt.weight_decay, nesterov=opt.nesterov)
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     if opt.name == "adam":
-        return torch.optim.AdamW(model.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+        return torch.optim.AdamW(groups, lr=opt.lr)
     raise ConfigError(f"config key 'optim.name' must be sgd or adam, got {opt.name!r}")
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float, conditioning_weight_decay: float | None) -> list[dict]:
+    """The optimiser's parameter groups: one, or — given ``conditioning_weight_decay`` — the
+    λ-conditioning's own parameters (every FiLM MLP) apart from the rest, each with its decay."""
+    if conditioning_weight_decay is None:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
+    conditioning = {id(p) for m in model.modules() if isinstance(m, FiLM) for p in m.parameters()}
+    rest = [p for p in model.parameters() if id(p) not in conditioning]
+    own = [p for p in model.parameters() if id(p) in conditioning]
+    return [{"params": rest, "weight_decay": weight_decay},
+            {"params": own, "weight_decay": conditioning_weight_decay}]
 
 
 def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
@@ -334,6 +345,7 @@ class TrainingRun:
     start_epoch: int = 0
     train_seconds: float = 0.0
     passes_before: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # the run's, when resumed
+    macs_per_example: int | None = None  # one forward of one example (oat.passes.forward_macs)
     history: list = field(default_factory=list)  # the metrics records of the epochs done (a resume's included)
     validation_lambdas: list = field(default_factory=list)  # where the monitor watches (train.validate)
 
@@ -468,6 +480,9 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
         run.validation_lambdas = validation_lambdas(config, model.conditioned, exp.train_lambdas)
     if state is not None:
         _restore(run, state)
+    # Measured before the counter attaches (its forward is no training pass); a categorical
+    # encoding knows only the training λ, the largest of which costs what any λ does.
+    run.macs_per_example = forward_macs(model, exp.splits.info.input_shape, lam=max(exp.train_lambdas, default=0.5))
     if cfg.sync_bn and env.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
@@ -602,6 +617,7 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
         "epoch": epoch,
         "train_seconds": run.train_seconds,
         "passes": record["passes"],
+        "macs_per_example": run.macs_per_example,
         "config": run.config.to_dict(),
         "model_spec": run.exp.model_spec,
         "train_lambdas": run.exp.train_lambdas,

@@ -9,7 +9,7 @@ import torch.nn as nn
 
 from oat import models
 import oat
-from oat.conditioning import Conditioning, ConditioningConfig, DualBatchNorm, LambdaNorm
+from oat.conditioning import Conditioning, ConditioningConfig, DualBatchNorm, LambdaNorm, TripleBatchNorm
 
 
 # ---------------------------------------------------------------- λ validation
@@ -246,12 +246,12 @@ def _distinct_norms(net):
                 module.bias.copy_(torch.randn(channels, generator=generator))
 
 
-@pytest.mark.parametrize("dual_bn", [True, False])
+@pytest.mark.parametrize("dual_bn,triple_bn", [(True, False), (False, False), (True, True)])
 @pytest.mark.parametrize("film", [True, False])
 @pytest.mark.parametrize("lam", [[0, 0, 0, 0], [0.3, 1, 0.1, 0.5], [0, 0.4, 0, 1]])
-def test_eval_mode_norm_is_the_routed_bn_then_film(dual_bn, film, lam):
+def test_eval_mode_norm_is_the_routed_bn_then_film(dual_bn, triple_bn, film, lam):
     torch.manual_seed(0)
-    layer = LambdaNorm(3, ConditioningConfig(dual_bn=dual_bn, film=film, code_dim=4))
+    layer = LambdaNorm(3, ConditioningConfig(dual_bn=dual_bn, triple_bn=triple_bn, film=film, code_dim=4))
     _distinct_norms(layer)
     layer.eval()
     h, code = torch.randn(4, 3, 5, 5), torch.randn(4, 4)
@@ -285,3 +285,115 @@ def test_frozen_conditioning_computes_each_layer_once_and_gives_the_same_logits(
         net(x[:2], frozen)
     with pytest.raises(ValueError, match="plain network"):
         models.create("small_cnn", input_size=8, conditioned=False)(x, frozen)
+
+
+# ---------------------------------------------------------------- FiLM forms, triple BN, conditioned heads
+def test_film_forms_start_where_they_say():
+    torch.manual_seed(0)
+    h, code = torch.randn(4, 6, 3, 3), torch.randn(4, 16)
+    assert torch.equal(oat.FiLM(6, 16, 8, form="identity")(h, code), h)
+    near = oat.FiLM(6, 16, 8, form="near_identity")
+    gamma, beta = near.modulation(code)
+    assert 0 < (gamma - 1).abs().max() < 0.1 and 0 < beta.abs().max() < 0.1  # near, not at, the identity
+    reference = oat.FiLM(6, 16, None, form="reference")
+    assert reference.mlp[0].out_features == 12  # width 2C
+    raw = reference.mlp(code)
+    gamma, beta = reference.modulation(code)
+    assert torch.allclose(gamma, torch.nn.functional.leaky_relu(raw[:, :6], 0.01))
+    assert torch.allclose(beta, torch.nn.functional.leaky_relu(raw[:, 6:], 0.01))
+    assert reference.mlp[1].negative_slope == 0.01
+    with pytest.raises(ValueError, match="film_form"):
+        oat.FiLM(6, 16, 8, form="yoto")
+    with pytest.raises(ValueError, match="film_form"):
+        ConditioningConfig(film_form="yoto")
+
+
+@pytest.mark.parametrize("lam", [[0, 0, 0, 0], [0.3, 1, 0.1, 0.5], [0, 0.4, 0, 1], [1, 1, 0, 1]])
+@pytest.mark.parametrize("training", [True, False])
+def test_triple_bn_routes_each_example_by_its_lambda(lam, training):
+    torch.manual_seed(0)
+    bn = TripleBatchNorm(3)
+    with torch.no_grad():
+        for value, norm in zip((1.0, 0.0, -1.0), (bn.bn_clean, bn.bn_mixed, bn.bn_adv)):
+            norm.running_mean.fill_(value)
+            norm.weight.fill_(2.0 + value)
+    reference = TripleBatchNorm(3)
+    reference.load_state_dict(bn.state_dict())
+    bn.train(training), reference.train(training)
+    h = torch.randn(4, 3, 5, 5)
+    out = bn(h, _cond(lam))
+    lam = torch.tensor(lam, dtype=torch.float32)
+    for mask, norm in ((lam == 0, reference.bn_clean), ((lam > 0) & (lam < 1), reference.bn_mixed),
+                       (lam == 1, reference.bn_adv)):
+        if mask.any():
+            assert torch.allclose(out[mask], norm(h[mask]), atol=1e-6)
+
+
+def test_triple_bn_updates_only_the_statistics_of_the_bn_each_example_used():
+    bn = TripleBatchNorm(2).train()
+    h = torch.randn(5, 2, 4, 4)
+    bn(h, _cond([0, 0.5, 0, 0.2, 0]))  # no λ = 1 example
+    assert torch.equal(bn.bn_adv.running_mean, torch.zeros(2)) and int(bn.bn_adv.num_batches_tracked) == 0
+    mixed = torch.tensor([False, True, False, True, False])
+    assert torch.allclose(bn.bn_mixed.running_mean, bn.bn_mixed.momentum * h[mixed].mean(dim=(0, 2, 3)), atol=1e-6)
+
+
+def _head_net(**options):
+    torch.manual_seed(0)
+    net = models.create("small_cnn", input_size=8, **options)
+    _distinct_norms(net)
+    return net
+
+
+@pytest.mark.parametrize("options", [dict(film_head=True), dict(dual_head=True), dict(film_head=True, dual_head=True),
+                                     dict(triple_bn=True)])
+@pytest.mark.parametrize("training", [True, False])
+def test_a_batch_of_mixed_lambdas_equals_one_example_at_a_time(options, training):
+    net = _head_net(**options).train(training)
+    x, lam = torch.rand(5, 1, 8, 8), torch.tensor([0.0, 0.3, 1.0, 0.0, 0.7])
+    if training:  # batch statistics: compare with each λ group's own batch
+        groups = [lam == 0, lam > 0] if "triple_bn" not in options else [lam == 0, (lam > 0) & (lam < 1), lam == 1]
+        out = net(x, lam)
+        for mask in groups:
+            assert torch.allclose(out[mask], net(x[mask], lam[mask]), atol=1e-5)
+        return
+    batch = net(x, lam)
+    singles = torch.cat([net(x[i:i + 1], lam[i:i + 1]) for i in range(5)])
+    assert torch.allclose(batch, singles, atol=1e-5)
+
+
+def test_the_dual_head_serves_lambda_zero_and_only_it_learns_from_lambda_zero():
+    net = _head_net(dual_head=True).eval()
+    x = torch.rand(3, 1, 8, 8)
+    assert net.separate_lambdas == [0.0]
+    net(x, torch.tensor([0.0, 0.0, 0.0])).sum().backward()
+    assert net.classifier_clean[1].weight.grad.abs().sum() > 0 and net.classifier[1].weight.grad.abs().sum() == 0
+    net.zero_grad(set_to_none=True)
+    net(x, torch.tensor([0.2, 1.0, 0.5])).sum().backward()
+    assert net.classifier_clean[1].weight.grad.abs().sum() == 0 and net.classifier[1].weight.grad.abs().sum() > 0
+
+
+def test_the_film_head_makes_lambda_reach_the_classifier():
+    net = _head_net(film_head=True, dual_bn=False)
+    with torch.no_grad():  # only the head's FiLM depends on λ: every norm's FiLM at the identity
+        for norm in net.norms:
+            norm.film.mlp[2].weight.zero_(), norm.film.mlp[2].bias.zero_()
+    net.eval()
+    x = torch.rand(2, 1, 8, 8)
+    assert not torch.allclose(net(x, 0.2), net(x, 0.9))
+
+
+def test_separate_lambdas_name_where_the_figures_jump():
+    assert models.create("small_cnn", input_size=8).separate_lambdas == [0.0]
+    assert models.create("small_cnn", input_size=8, triple_bn=True).separate_lambdas == [0.0, 1.0]
+    assert models.create("small_cnn", input_size=8, dual_bn=False).separate_lambdas == []
+    assert models.create("small_cnn", input_size=8, dual_bn=False, dual_head=True).separate_lambdas == [0.0]
+    assert models.create("small_cnn", input_size=8, conditioned=False).separate_lambdas == []
+
+
+@pytest.mark.parametrize("options,message", [(dict(conditioned=False, film_head=True), "conditioned network"),
+                                             (dict(conditioned=False, dual_head=True), "conditioned network"),
+                                             (dict(film=False, film_head=True), "film_head needs FiLM")])
+def test_head_options_that_cannot_work_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        models.create("small_cnn", input_size=8, **options)

@@ -101,6 +101,7 @@ def test_every_shipped_sweep_config_loads_with_its_base(path):
     ("optim.momentum", -1, "a number in [0, 1)"),
     ("optim.momentum", 1.0, "a number in [0, 1)"),
     ("optim.weight_decay", -1, "a finite number ≥ 0"),
+    ("optim.conditioning_weight_decay", -1e-4, "null or a finite number ≥ 0"),
     ("optim.lr", float("nan"), "a finite positive number"),
     ("optim.lr", float("inf"), "a finite positive number"),
     ("train.grad_clip", -1.0, "null or a positive number"),

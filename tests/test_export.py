@@ -64,13 +64,21 @@ def test_fold_is_the_plain_network_with_the_conditioned_logits(name):
         assert (expected[:, None] - expected[None]).abs().max() > 0  # the two images differ: not trivial
 
 
-@pytest.mark.parametrize("options", [dict(dual_bn=False), dict(film=False), dict(encoding="categorical")])
+@pytest.mark.parametrize("options", [dict(dual_bn=False), dict(film=False), dict(encoding="categorical"),
+                                     dict(triple_bn=True), dict(film_head=True, dual_head=True),
+                                     dict(film_form="near_identity"), dict(film_form="reference", film_width=None)])
 def test_fold_covers_the_ablations_and_encodings(options):
     net = trained_like("small_cnn", **options)
     x = torch.rand(5, 1, 8, 8)
     with torch.no_grad():
-        assert (oat.export(net, 0.2)(x) - net(x, 0.2)).abs().max().item() <= deploy.TOLERANCE
-        assert (oat.export(net, 0.0)(x) - net(x, 0.0)).abs().max().item() <= deploy.TOLERANCE
+        for lam in (0.0, 0.2, 1.0):
+            folded = oat.export(net, lam)
+            plain = plain_twin("small_cnn")
+            plain.load_state_dict(folded.state_dict())  # strict: whatever the options, the plain network
+            assert (plain.eval()(x) - net(x, lam)).abs().max().item() <= deploy.TOLERANCE
+        served = oat.export(net, "input")
+        mixed = torch.tensor([0.0, 0.2, 1.0, 0.0, 0.4])  # known to a categorical code too
+        assert (served(x, mixed) - net(x, mixed)).abs().max().item() <= deploy.TOLERANCE
 
 
 def test_fold_at_lambdas_the_folded_values_differ_and_an_unknown_categorical_lambda_is_refused():

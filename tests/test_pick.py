@@ -151,6 +151,15 @@ def test_no_interpolation_across_the_dual_batch_norms_switch_above_zero():
     assert pick(older, min_clean=0.5)["interpolated"] is None
 
 
+def test_no_interpolation_into_lambda_one_when_it_has_parameters_of_its_own():
+    rows = [(0.0, 1.0, 0.0), (0.5, 0.9, 0.4), (1.0, 0.8, 0.8)]
+    triple = evaluation(rows, continuous=True)
+    triple["separate_lambdas"] = [0.0, 1.0]  # a triple BatchNorm: λ = 1 is served by a BN of its own
+    assert pick(triple, min_robust=0.6)["interpolated"] is None
+    triple["separate_lambdas"] = [0.0]
+    assert pick(triple, min_robust=0.6)["interpolated"]["lambda"] == pytest.approx(0.75, abs=1e-3)
+
+
 def test_interpolation_never_leaves_the_evaluated_range():
     # Extended beyond λ = 0.6, clean would cross 0.9 at λ = 0.7, with robust 0.525.
     rows = [(0.2, 0.95, 0.4), (0.6, 0.91, 0.5)]

@@ -3,14 +3,18 @@
 import json
 
 import pytest
+import torch
 import yaml
 
 from oat.frontier.demo import demo_configs, run_demo
 from oat.frontier.plot import Labels, place_labels, plot
-from oat.frontier.report import Comparison, find_results, summarize, write_report
+from oat.frontier.report import Comparison, find_results, format_report, summarize, write_report
 from oat.frontier.sweep import make_points
 from oat.cli import main
 from oat.config import ConfigError
+from oat.evaluation import pack_bits
+from oat.frontier.comparison import _log_summary
+from oat.passes import work
 from oat.protocol import protocol_of
 
 ATTACKS = ["pgd-20", "apgd"]
@@ -75,12 +79,64 @@ def test_a_comparison_built_by_hand_still_reports_its_protocol_mismatch(comparis
     assert s["eps"] is None and s["n"] == 300  # no common ε to claim
 
 
+def test_cost_in_work_weighs_each_run_by_its_networks_size(comparison, tmp_path):
+    """OAT on a network twice the size costs twice the work per pass: its work ratio is larger than
+    its pass ratio (not exactly twice: a full backward weighs two forwards in work, one in passes)."""
+    s = summarize(comparison)  # runs from before MACs were kept
+    assert s["train_work_oat"] is s["train_work_frontier"] is s["train_work_trades"] is s["cost_ratio_work"] is None
+    assert "| cost ratio OAT / frontier (work: multiply-accumulates) | – |" in format_report(comparison, s)
+    comparison.oat["train_macs_per_example"] = 2_000_000
+    for point in comparison.dedicated:
+        point["train_macs_per_example"] = 1_000_000
+    s = summarize(comparison)
+    frontier = sum(work(_passes(total), 1_000_000) for total in (10_001, 40_001, 40_001))
+    assert s["train_work_oat"] == work(_passes(25_000), 2_000_000) and s["train_work_frontier"] == frontier
+    assert s["train_work_trades"] == work(_passes(45_001), 1_000_000)
+    assert s["cost_ratio_work"] == pytest.approx(s["train_work_oat"] / frontier)
+    assert 1.9 * s["cost_ratio"] < s["cost_ratio_work"] < 2.1 * s["cost_ratio"]
+    report = format_report(comparison, s)
+    assert f"| cost ratio OAT / frontier (work: multiply-accumulates) | {s['cost_ratio_work']:.4f} |" in report
+    assert f"| training passes (work), OAT | 0.03 M; work {s['train_work_oat'] / 1e9:.3g} G MACs (1 run) |" in report
+    lines = []
+    _log_summary(lines.append, tmp_path, [tmp_path / "p.png"], s, 1.0, "test")
+    assert f"{s['cost_ratio_work']:.3f} in work" in lines[2] and f"{s['cost_ratio']:.3f} in passes" in lines[2]
+    del comparison.dedicated[0]["train_macs_per_example"]  # one run of unknown size: no frontier work
+    s = summarize(comparison)
+    assert s["train_work_frontier"] is s["cost_ratio_work"] is None and s["train_work_trades"] is not None
+
+
+def test_the_report_says_whether_lambda_does_what_it_says(comparison):
+    s = summarize(comparison)
+    assert s["monotonicity"] == {"sa_non_increasing": True, "ra_non_decreasing": True, "violations": []}
+    assert "## Does λ do what it says?" in format_report(comparison, s)
+    assert "SA never rises and RA never falls as λ grows: λ does what it says." in format_report(comparison, s)
+    oat = comparison.oat["points"]  # no per-example bits here: the Wilson intervals on n = 300 decide
+    oat[0]["clean"] = 0.80  # 80% → 97% from λ = 0 to 0.4: beyond noise
+    oat[2]["robust_worst"] = 0.27  # 28% → 27% from λ = 0.4 to 1: noise
+    s = summarize(comparison)
+    assert s["monotonicity"]["sa_non_increasing"] is False and s["monotonicity"]["ra_non_decreasing"] is True
+    report = format_report(comparison, s)
+    assert "**Beyond sampling noise, λ does not do what its name says here:**" in report
+    assert "- SA rises from λ = 0 to 0.4: 80.0% → 97.0%" in report
+    assert "Within sampling noise: RA falls from λ = 0.4 to 1 (28.0% → 27.0%)." in report
+    # With per-example bits the paired test decides: 2 examples lost, 53 gained.
+    before, after = torch.arange(300) < 240, torch.arange(300) < 293
+    after[:2] = False
+    for point, clean in ((oat[0], before), (oat[1], after)):
+        point["per_example"] = {"clean": pack_bits(clean), "robust_worst": pack_bits(torch.ones(300, dtype=torch.bool))}
+    s = summarize(comparison)
+    (violation, _) = s["monotonicity"]["violations"]
+    assert (violation["b"], violation["c"], violation["test"]) == (2, 53, "exact McNemar")
+    assert f"80.0% → 97.0%; examples lost 2, gained 53, p = {violation['p']:.2g}" in format_report(comparison, s)
+
+
 def test_report_and_summary_files(comparison, tmp_path):
     summary = write_report(comparison, tmp_path)
     stored = json.loads((tmp_path / "summary.json").read_text())
     for key in ("hypervolume_oat", "hypervolume_frontier", "hypervolume_ratio", "train_seconds_oat",
                 "train_seconds_frontier", "train_passes_oat", "train_passes_frontier", "cost_ratio",
-                "cost_ratio_seconds", "flags"):
+                "cost_ratio_seconds", "train_work_oat", "train_work_frontier", "train_work_trades",
+                "cost_ratio_work", "monotonicity", "flags"):
         assert key in stored
     assert stored == json.loads(json.dumps(summary))
     report = (tmp_path / "report.md").read_text()
@@ -147,6 +203,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
         assert (tmp_path / name).exists()
     assert summary["runs_frontier"] == 6 and summary["runs_trades"] == 3 and summary["runs_oat"] == 1
     assert 0 < summary["hypervolume_ratio"] and 0 < summary["cost_ratio"]
+    # Every model is the same small CNN, OAT's with its small FiLM MLPs: work and passes nearly agree.
+    assert 0.9 * summary["cost_ratio"] < summary["cost_ratio_work"] < 1.1 * summary["cost_ratio"]
+    assert summary["monotonicity"] is not None and "## Does λ do what it says?" in (tmp_path / "report.md").read_text()
     low, high = summary["hypervolume_ratio_interval"]
     assert low <= summary["hypervolume_ratio"] <= high and "95% bootstrap interval" in (tmp_path / "report.md").read_text()
     assert any("hypervolume ratio" in line for line in lines)
@@ -158,6 +217,7 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
                             "cascade": True}
     rows = json.loads((tmp_path / "frontier" / "frontier.json").read_text())["points"]
     assert len(rows) == 9 and all(row["protocol"] == oat_protocol for row in rows)
+    assert all(row["train_macs_per_example"] > 0 for row in rows)  # trainer → checkpoint → eval.json → frontier.json
     assert summary["protocol"] == oat_protocol
     again = []
     run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)

@@ -7,6 +7,7 @@ from oat.sampling import (
     BetaSampler,
     FixedSampler,
     ReferenceSampler,
+    SandwichSampler,
     UniformSampler,
     forced_zero_count,
     make_sampler,
@@ -112,6 +113,8 @@ SAMPLER_CASES = [
     ("reference", {}),
     ("uniform", {}),
     ("beta", {"a": 2.0, "b": 3.0}),
+    ("sandwich", {"zero_share": 0.25, "one_share": 0.25}),
+    ("sandwich", {"values": [0.1, 0.2, 0.3]}),
 ]
 
 
@@ -155,7 +158,7 @@ def test_load_state_of_another_kind_is_refused():
 
 
 def test_make_sampler_names_and_types():
-    assert sampler_names() == ["beta", "fixed", "reference", "uniform"]
+    assert sampler_names() == ["beta", "fixed", "reference", "sandwich", "uniform"]
     assert isinstance(make_sampler("reference"), ReferenceSampler)
     assert make_sampler("reference", values=(0, 1)).values == (0.0, 1.0)
     assert isinstance(make_sampler("fixed", value=1.0), FixedSampler)
@@ -190,3 +193,45 @@ def test_bad_parameters_raise(name, params, message):
 def test_bad_batch_size_raises():
     with pytest.raises(ValueError, match="batch_size"):
         UniformSampler().sample(0)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, 5, 6, 128, 129])
+def test_sandwich_forces_both_ends_in_every_batch(batch_size):
+    sampler = SandwichSampler(zero_share=0.25, one_share=1 / 3, seed=2)
+    for _ in range(5):
+        lam = sampler.sample(batch_size)
+        n_zero = math.ceil(batch_size * 0.25)
+        n_one = min(batch_size - n_zero, math.ceil(round(batch_size / 3, 9)))
+        assert int((lam == 0).sum()) >= n_zero
+        assert int((lam == 1).sum()) >= n_one
+        interior = lam[(lam > 0) & (lam < 1)]
+        assert interior.numel() + n_zero + n_one >= batch_size - 2  # U(0, 1) hits neither end
+
+
+def test_sandwich_interior_is_uniform_or_the_given_set():
+    continuous = SandwichSampler(zero_share=0.0, one_share=0.0, low=0.2, high=0.6, seed=0).sample(20000)
+    assert float(continuous.min()) >= 0.2 and float(continuous.max()) <= 0.6
+    assert abs(float(continuous.mean()) - 0.4) < 0.005
+    discrete = SandwichSampler(zero_share=0.1, one_share=0.1, values=[0.1, 0.3], seed=0)
+    lam = discrete.sample(1000)
+    assert torch.unique(lam).tolist() == pytest.approx([0.0, 0.1, 0.3, 1.0])
+    assert discrete.discrete_values == (0.0, 0.1, 0.3, 1.0)
+    assert SandwichSampler().discrete_values is None
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"zero_share": 0.6, "one_share": 0.5}, "at most 1"),
+    ({"one_share": 1.5}, r"\[0, 1\]"),
+    ({"values": []}, "at least one"),
+    ({"low": 0.8, "high": 0.2}, "must not exceed"),
+])
+def test_sandwich_refuses_bad_parameters(params, message):
+    with pytest.raises(ValueError, match=message):
+        SandwichSampler(**params)
+
+
+def test_discrete_values_say_what_a_categorical_encoding_must_know():
+    assert ReferenceSampler(values=(0.0, 0.4, 1.0)).discrete_values == (0.0, 0.4, 1.0)
+    assert FixedSampler(0.3).discrete_values == (0.3,)
+    assert UniformSampler().discrete_values is None
+    assert BetaSampler(2.0, 1.0).discrete_values is None

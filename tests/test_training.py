@@ -16,6 +16,7 @@ import oat
 from oat import trainer
 from oat.cli import main
 from oat.config import load_config
+from oat.passes import forward_macs
 from oat.runs import load_run
 
 ROOT = Path(__file__).parent.parent
@@ -274,5 +275,24 @@ def test_a_checkpoint_holds_exactly_what_oat_reads(tmp_path):
                  "--out", str(out), "--quiet"]) == 0
     state = load_checkpoint(out / "checkpoint.pt")
     assert set(state) == {"format_version", "model", "optimizer", "scaler", "epoch", "train_seconds", "passes",
-                          "config", "model_spec", "train_lambdas", "eps"}
+                          "macs_per_example", "config", "model_spec", "train_lambdas", "eps"}
+    model, _ = load_run(out)
+    assert state["macs_per_example"] == forward_macs(model, state["model_spec"]["input_shape"]) > 0
     assert set(default_lambdas(state)) >= set(state["train_lambdas"])
+
+
+def test_conditioning_weight_decay_puts_every_film_parameter_in_a_group_of_its_own():
+    from oat import models
+    from oat.conditioning import FiLM
+    from oat.config import from_dict
+    from oat.trainer import _optimizer
+
+    net = models.create("small_cnn", input_size=8, film_head=True)
+    film = {id(p) for m in net.modules() if isinstance(m, FiLM) for p in m.parameters()}
+    config = from_dict({"optim": {"weight_decay": 5e-4, "conditioning_weight_decay": 0.0}})
+    rest, own = _optimizer(config, net).param_groups
+    assert {id(p) for p in own["params"]} == film and own["weight_decay"] == 0.0
+    assert not film & {id(p) for p in rest["params"]} and rest["weight_decay"] == 5e-4
+    assert len(rest["params"]) + len(own["params"]) == len(list(net.parameters()))
+    (single,) = _optimizer(from_dict({"optim": {"weight_decay": 5e-4}}), net).param_groups
+    assert single["weight_decay"] == 5e-4 and len(single["params"]) == len(list(net.parameters()))

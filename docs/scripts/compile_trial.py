@@ -6,7 +6,7 @@ compiled (it was not kept: compiled was slower)::
 
     def body(self, x, cond):
         x = (x - self.mean) / self.std
-        return self.forward_head(self.forward_features(x, cond))
+        return self.forward_head(self.forward_features(x, cond), cond)
 
 with ``forward`` ending in ``return self.body(x, cond)``; then ``python docs/scripts/compile_trial.py``.
 """
