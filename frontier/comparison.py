@@ -29,6 +29,7 @@ from pathlib import Path
 from oat.config import Config, ConfigError, EvalConfig, check_eval, from_dict, read_yaml_mapping, set_key
 from oat.protocol import common_protocol
 
+from .mixed import read_interpolation, write_interpolation
 from .plot import plot
 from .report import find_results, write_report
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
@@ -49,6 +50,15 @@ class AutoAttackStage:
 
 
 @dataclass
+class MixedEndsStage:
+    """The third curve: the dedicated points ``accurate`` and ``robust`` mixed at inference
+    (:mod:`oat.mixture`), evaluated with the comparison's protocol at its λ list."""
+
+    accurate: str = "lambda-0"
+    robust: str = "lambda-1"
+
+
+@dataclass
 class ComparisonConfig:
     title: str = ""
     base: dict = field(default_factory=dict)
@@ -57,6 +67,7 @@ class ComparisonConfig:
     fixed_lambda: FixedLambdaSweep = field(default_factory=FixedLambdaSweep)
     trades: TradesSweep = field(default_factory=TradesSweep)
     autoattack: AutoAttackStage | None = None
+    mixed_ends: MixedEndsStage | None = field(default_factory=MixedEndsStage)  # null: no third curve
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/
@@ -109,8 +120,12 @@ def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int =
             f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
     # Built (and so checked) before anything trains.
     second = autoattack_tasks(comparison.autoattack, tasks, lambdas) if comparison.autoattack else []
+    mixed = mixed_task(comparison.mixed_ends, tasks, out, base, protocol, lambdas) if comparison.mixed_ends else None
     run_tasks(tasks, workers, log, retrain_stale)
     write_frontier(out / "frontier", points, protocol)
+    if mixed:
+        prepare_mixture(mixed, comparison.mixed_ends, tasks)
+        run_tasks([mixed], workers, log, retrain_stale)
     if second:
         run_tasks(second, workers, log, retrain_stale)
 
@@ -147,6 +162,39 @@ def autoattack_tasks(stage: AutoAttackStage, tasks: list[Task], oat_lambdas: tup
                  AUTOATTACK_RESULT) for t in chosen]
 
 
+MIXED_DIR = "mixed-ends"
+
+
+def mixed_task(stage: MixedEndsStage, tasks: list[Task], out: Path, base: Config, protocol: Protocol,
+               lambdas: tuple[float, ...]) -> Task:
+    """The mixture of two dedicated points as a task evaluated like the OAT model (nothing to train)."""
+    by_name = {t.name: t for t in tasks}
+    unknown = [name for name in (stage.accurate, stage.robust) if name not in by_name or name == "oat"]
+    if unknown:
+        raise ConfigError(f"config key 'mixed_ends' names {unknown}, which the comparison does not train as "
+                          f"dedicated points; it trains {sorted(set(by_name) - {'oat'})} (or set mixed_ends: null)")
+    return Task(MIXED_DIR, str(out / MIXED_DIR), base, protocol, lambdas)
+
+
+def prepare_mixture(task: Task, stage: MixedEndsStage, tasks: list[Task]) -> None:
+    """Write the mixture's directory (``mixture.yaml``) and measure the weight-interpolation barrier
+    between its members on the protocol's examples, once."""
+    from oat.evaluation import subset_indices
+    from oat.datasets import dataset_tensors, to_unit
+    from oat.mixture import write_mixture
+    from oat.runs import load_run, run_data
+
+    by_name = {t.name: t for t in tasks}
+    accurate, robust = by_name[stage.accurate].run_dir, by_name[stage.robust].run_dir
+    write_mixture(task.run_dir, accurate, robust)
+    if read_interpolation(task.run_dir) is None:
+        _, state = load_run(accurate)
+        splits = run_data(state)
+        images, labels = dataset_tensors(splits.split(task.protocol.split))
+        index = subset_indices(len(labels), task.protocol.n, task.protocol.seed)
+        write_interpolation(task.run_dir, to_unit(images[index]), labels[index])
+
+
 def autoattack_results(tasks: list[Task]) -> list[dict]:
     """Every model's standard-AutoAttack evaluation that exists (name, and each λ's SA and RA)."""
     rows = []
@@ -180,6 +228,15 @@ def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: s
         + _work_ratio_text(summary)
         + f"{summary['cost_ratio_seconds']:.3f} in seconds "
         f"({summary['train_seconds_oat']:.0f} s vs {summary['train_seconds_frontier']:.0f} s of training)")
+    mixed = summary.get("mixed_ends")
+    if mixed and mixed["hypervolume_ratio"] is not None:
+        low_high = mixed["hypervolume_ratio_interval"]
+        log(f"two end models mixed at inference / frontier: {mixed['hypervolume_ratio']:.3f}"
+            + (f" (95% interval {low_high[0]:.3f}–{low_high[1]:.3f})" if low_high else "")
+            + (f", training cost {mixed['cost_ratio']:.3f} in passes" if mixed["cost_ratio"] is not None else "")
+            + f", {mixed['inference_forwards']} forward passes per image"
+            + (f"; weight interpolation's error barrier {100 * mixed['interpolation']['barrier']:.1f} points"
+               if mixed.get("interpolation") else ""))
     true = summary.get("true_frontier")
     if true and true["max_distance_oat"] is not None:
         worst = max(true["oat"], key=lambda row: row["distance"])

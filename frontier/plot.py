@@ -5,6 +5,8 @@ models and their Pareto frontier (a staircase), the fixed-β TRADES points label
 where several attacks were run — each attack's RA as its own marker (PGD-family hollow, the
 AutoAttack family filled), so the gap between a weak and a strong attack is visible.
 Right panel: SA and RA of the OAT model against λ, with the dedicated fixed-λ models at their λ.
+Where the comparison has one, the frontier's two end models mixed at inference (:mod:`.mixed`) are a
+third curve in both panels, their mixing weight α on the λ axis.
 A comparison whose models were evaluated differently (drawn only on request) carries a red
 "PROTOCOL MISMATCH" note above both panels, so the picture cannot be mistaken for a fair one.
 """
@@ -27,6 +29,7 @@ from .pareto import non_dominated  # noqa: E402
 from .report import Comparison, sa_ra  # noqa: E402
 
 OAT_COLOR, FIXED_COLOR, TRADES_COLOR = "#1f77b4", "#d62728", "#2ca02c"
+MIXED_COLOR = "#ff7f0e"  # the two end models mixed at inference
 MISMATCH_COLOR = "#cc0000"
 TRUE_COLOR = "#222222"  # the true frontier of a task with closed forms
 
@@ -153,6 +156,10 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
         plane.plot(pct([p["clean"] for p in oat_points]), pct([p["robust_worst"] for p in oat_points]), "-o",
                    color=OAT_COLOR, lw=2, ms=6, zorder=4, label="OAT, one model (worst case)")
         labels.append(Labels(OAT_COLOR, (-4, 7), "right", "", [(p["lambda"], p) for p in oat_points]))
+    mixed_points = sorted(comparison.mixed["points"], key=lambda p: p["lambda"]) if comparison.mixed else []
+    if mixed_points:
+        plane.plot(pct([p["clean"] for p in mixed_points]), pct([p["robust_worst"] for p in mixed_points]), ":d",
+                   color=MIXED_COLOR, lw=1.8, ms=5, zorder=3, label="two end models, mixed (α; worst case)")
     _draw_true_frontier(plane, comparison, oat_points, fixed)
     if len(attacks) > 1:  # per-attack markers show how much each attack finds
         for attack in attacks:
@@ -187,6 +194,12 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
         by_lambda.plot(lams, pct([p["clean"] for p in oat_points]), "-o", color=OAT_COLOR, label="OAT SA")
         by_lambda.plot(lams, pct([p["robust_worst"] for p in oat_points]), "-s", color=OAT_COLOR, alpha=0.6,
                        label="OAT RA (worst case)")
+    if mixed_points:
+        alphas = [p["lambda"] for p in mixed_points]
+        by_lambda.plot(alphas, pct([p["clean"] for p in mixed_points]), ":d", color=MIXED_COLOR, ms=4,
+                       label="two end models mixed: SA at α = λ")
+        by_lambda.plot(alphas, pct([p["robust_worst"] for p in mixed_points]), ":d", color=MIXED_COLOR, ms=4,
+                       alpha=0.6, label="two end models mixed: RA")
     if fixed:
         lams = [p["lambda"] for p in fixed]
         by_lambda.plot(lams, pct([p["clean"] for p in fixed]), "o", mfc="none", color=FIXED_COLOR, ms=8,

@@ -28,7 +28,8 @@ from pathlib import Path
 from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, check_config, check_eval, config_differences
 from oat.lock import RunLock
-from oat.runs import CHECKPOINT, EVAL_RESULT, RUN_FILES, trained_config, trained_epochs
+from oat.mixture import is_mixture
+from oat.runs import CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, trained_config, trained_epochs
 
 
 @dataclass(frozen=True)
@@ -80,12 +81,13 @@ def stale_keys(run_dir: Path, config: Config) -> list[str]:
 
 def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, result: str = EVAL_RESULT) -> str:
     """``done`` (trained, and evaluated with this protocol at these λ), ``evaluate``, ``resume``,
-    ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`)."""
-    if not (run_dir / CHECKPOINT).exists():
+    ``train``, or ``stale`` (trained under another config: see :func:`stale_keys`). A mixture of
+    two runs (:mod:`oat.mixture`) has nothing to train: ``done`` or ``evaluate``."""
+    if not is_mixture(run_dir) and not (run_dir / CHECKPOINT).exists():
         return "train"
-    if stale_keys(run_dir, config):
+    if not is_mixture(run_dir) and stale_keys(run_dir, config):
         return "stale"
-    if trained_epochs(run_dir) < config.train.epochs:
+    if not is_mixture(run_dir) and trained_epochs(run_dir) < config.train.epochs:
         return "resume"
     try:
         stored = json.loads((run_dir / result).read_text())
@@ -155,7 +157,7 @@ def _evaluate(task: Task, lambdas: list[float]) -> dict:
     result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
                           seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade,
                           split=protocol.split)
-    result["checkpoint"] = str(Path(task.run_dir) / CHECKPOINT)
+    result["checkpoint"] = str(checkpoint_file(task.run_dir))
     result["protocol"] = protocol.as_dict()
     return result
 

@@ -15,10 +15,11 @@ import torch.nn as nn
 
 from oat import models
 
-from .checkpoint import EXPORT_FORMAT, CheckpointError, load_checkpoint
+from .checkpoint import EXPORT_FORMAT, CheckpointError, first_line, load_checkpoint
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
+from .mixture import MIXTURE, is_mixture, load_mixture
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -31,9 +32,12 @@ RUN_FILES = (CHECKPOINT, CONFIG, METRICS, MONITOR, *RESULT_FILES)
 
 
 def checkpoint_file(path: str | Path) -> Path:
-    """A run directory's checkpoint, or ``path`` itself when it names a file."""
+    """A run directory's checkpoint (a mixture directory's ``mixture.yaml``), or ``path`` itself
+    when it names a file."""
     path = Path(path)
-    return path / CHECKPOINT if path.is_dir() else path
+    if not path.is_dir():
+        return path
+    return path / MIXTURE if is_mixture(path) else path / CHECKPOINT
 
 
 def build_model(spec: dict) -> nn.Module:
@@ -84,7 +88,14 @@ def load_run(path: str | Path, device: str | torch.device = "cpu",
 
     The checkpoint's model_spec is checked against its own weights before any memory is spent on
     the network: a spec asking for 10⁹ classes is an error here, not an 800 GB allocation.
+
+    A mixture directory (:mod:`oat.mixture`: two runs mixed at inference) loads like a run.
     """
+    if is_mixture(path):
+        try:
+            return load_mixture(path, device)
+        except ValueError as error:
+            raise CheckpointError(first_line(error)) from None
     path = checkpoint_file(path)
     state = load_checkpoint(path, exported=exported)
     if "model_spec" not in state:
@@ -259,6 +270,8 @@ def default_lambdas(state: dict) -> list[float]:
         return [float(v) for v in chosen]
     trained = [float(v) for v in state.get("train_lambdas", [])]
     spec = state["model_spec"]
+    if "mixture" in spec:  # α: both members, and mixtures between them
+        return sorted({0.0, 1.0, *UNSEEN_LAMBDAS})
     if not spec["conditioned"]:
         return trained[:1] or [0.0]
     if spec["options"].get("encoding") == "categorical":

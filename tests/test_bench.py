@@ -52,7 +52,17 @@ def test_a_bench_runs_every_model_under_both_protocols_and_reuses_them(tmp_path)
 
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already finished") == 5  # 3 models + 2 AutoAttack evaluations
+    assert again.stdout.count("already finished") == 6  # 3 models, the mixed end models, 2 AutoAttack evaluations
+
+
+def test_a_comparison_refuses_a_mixture_of_points_it_does_not_train(tmp_path, capsys):
+    config = yaml.safe_load(_tiny_comparison(tmp_path).read_text())
+    config["mixed_ends"] = {"accurate": "lambda-0", "robust": "lambda-0.5"}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
+    assert main(["bench", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'mixed_ends' names ['lambda-0.5']" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "out" / "oat").exists()  # refused before anything trained
 
 
 def test_an_unknown_bench_names_the_presets(capsys):

@@ -14,7 +14,7 @@ from oat.cli import main
 from oat.config import ConfigError
 from oat.evaluation import pack_bits
 from oat.frontier.comparison import _log_summary
-from oat.passes import work
+from oat.passes import total, work
 from oat.protocol import protocol_of
 
 ATTACKS = ["pgd-20", "apgd"]
@@ -219,9 +219,25 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
     assert len(rows) == 9 and all(row["protocol"] == oat_protocol for row in rows)
     assert all(row["train_macs_per_example"] > 0 for row in rows)  # trainer → checkpoint → eval.json → frontier.json
     assert summary["protocol"] == oat_protocol
+    # The third curve: the frontier's own end models, mixed, on the same protocol at OAT's λ.
+    mixed = summary["mixed_ends"]
+    mixed_eval = json.loads((tmp_path / "mixed-ends" / "eval.json").read_text())
+    assert protocol_of(mixed_eval) == oat_protocol
+    assert [p["lambda"] for p in mixed_eval["points"]] == [p["lambda"] for p in
+                                                          json.loads((tmp_path / "oat" / "eval.json").read_text())["points"]]
+    ends = {row["name"]: row for row in rows}
+    for alpha, name in ((0.0, "lambda-0"), (1.0, "lambda-1")):  # α = 0 and 1: the members themselves
+        point = next(p for p in mixed_eval["points"] if p["lambda"] == alpha)
+        assert point["per_example"]["robust_worst"] == ends[name]["per_example"]["robust_worst"]
+    assert mixed["cost_ratio"] == pytest.approx(
+        (total(ends["lambda-0"]["train_passes"]) + total(ends["lambda-1"]["train_passes"])) / summary["train_passes_frontier"])
+    assert mixed["inference_forwards"] == 2 and 0 < mixed["hypervolume_ratio"]
+    assert mixed["hypervolume_ratio_interval"] is not None and 0 <= mixed["interpolation"]["barrier"] <= 1
+    report = (tmp_path / "report.md").read_text()
+    assert "## Two end models, mixed" in report and "two end models, mixed (α)" in report
     again = []
     run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)
-    assert sum("already finished" in line for line in again) == 10
+    assert sum("already finished" in line for line in again) == 11
     # A rerun under other settings never reuses the models trained under the old ones.
     with pytest.raises(ConfigError, match=r"oat in .* was trained with another config \(attack.eps: 0.2 → 0.1\) "
                                           r"\(and 9 more points\); pass --retrain-stale"):

@@ -118,19 +118,73 @@ def compare(directory: Path) -> dict:
     """The figures the selection rule reads, for the OAT run and frontier found in ``directory``."""
     from oat.frontier.report import find_results, summarize
 
+    from oat.frontier.pareto import hypervolume
+    from oat.frontier.report import sa_ra
+    from oat.frontier.uncertainty import bootstrap_ratio
+
     comparison = find_results([directory])
     summary = summarize(comparison)
     points = {p["lambda"]: p for p in comparison.oat["points"]}
     dedicated = {p["lambda"]: p for p in comparison.fixed_lambda}
+    screened = [points[lam] for lam in SCREEN_LAMBDAS]
     pct = lambda v: round(100 * v, 2)  # noqa: E731
     return {
-        "ratio": summary["hypervolume_ratio"], "interval": summary["hypervolume_ratio_interval"],
-        "cost_ratio": summary["cost_ratio"], "cost_ratio_work": summary.get("cost_ratio_work"),
+        "screen_ratio": hypervolume(sa_ra(screened)) / summary["hypervolume_frontier"],
+        "screen_interval": bootstrap_ratio(screened, comparison.fixed_lambda, summary["n"]),
+        "ratio": summary["hypervolume_ratio"] if len(points) > len(SCREEN_LAMBDAS) else None,
+        "interval": summary["hypervolume_ratio_interval"] if len(points) > len(SCREEN_LAMBDAS) else None,
+        "monotonicity": summary["monotonicity"],
+        "cost_ratio": summary["cost_ratio"], "cost_ratio_work": summary["cost_ratio_work"] or work_ratio(comparison),
         "sa_deficit_0": pct(dedicated[0.0]["clean"] - points[0.0]["clean"]),
         "ra_deficit_1": pct(dedicated[1.0]["robust_worst"] - points[1.0]["robust_worst"]),
         "points": {f"{lam:g}": [pct(p["clean"]), pct(p["robust_worst"])] for lam, p in sorted(points.items())},
         "epochs": comparison.oat.get("epochs"), "train_seconds": comparison.oat.get("train_seconds"),
     }
+
+
+def work_ratio(comparison) -> float:
+    """OAT's training work over the frontier's, measuring the multiply-accumulates of a network
+    whose run predates their recording (the frontier here was trained before they were kept)."""
+    from oat.passes import forward_macs, work
+    from oat.runs import load_run
+
+    def run_work(run: dict) -> int:
+        macs = run.get("train_macs_per_example")
+        if macs is None:
+            model, state = load_run(run["run_dir"])
+            macs = forward_macs(model, tuple(state["model_spec"]["input_shape"]), lam=1.0)
+        return work(run["train_passes"], macs)
+
+    return run_work(comparison.oat) / sum(run_work(p) for p in comparison.fixed_lambda)
+
+
+def table(out: Path) -> str:
+    """docs/recipe.md's table, one row per run directory's figures (screening, then the full
+    evaluation where it ran), in the order the candidates were run."""
+    rows = []
+    reference = {"name": "reference", "stage": "full", "sets": [], **compare(out / "reference")}
+    for path in sorted(out.glob("*/row-*.json"), key=lambda p: p.stat().st_mtime):
+        rows.append(json.loads(path.read_text()))
+    lines = ["| candidate | stage | epochs | cost (passes) | cost (work) | λ = 0 SA deficit | λ = 1 RA deficit | "
+             "SA/RA at λ = 0 | 0.3 | 1 | screening ratio (95% interval) | full ratio (95% interval) |",
+             "|---" * 12 + "|"]
+    for row in [reference] + rows:
+        points = row["points"]
+        cells = [row["name"], row["stage"], row["epochs"], _num(row["cost_ratio"]), _num(row["cost_ratio_work"]),
+                 f"{row['sa_deficit_0']:.1f}", f"{row['ra_deficit_1']:.1f}",
+                 *("/".join(f"{v:.1f}" for v in points.get(key, [])) or "–" for key in ("0", "0.3", "1")),
+                 _with_interval(row["screen_ratio"], row["screen_interval"]),
+                 _with_interval(row["ratio"], row["interval"])]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def _num(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def _with_interval(value, interval) -> str:
+    return _num(value) + (f" ({interval[0]:.3f}–{interval[1]:.3f})" if interval else "")
 
 
 def main(argv: list[str]) -> None:
@@ -139,6 +193,8 @@ def main(argv: list[str]) -> None:
         frontier(out, int(argv[2]) if len(argv) > 2 else 2)
     elif command == "candidate":
         candidate(out, argv[2], argv[3], argv[4:])
+    elif command == "table":
+        print(table(out))
     else:
         raise SystemExit(f"unknown command {command!r}; see the docstring")
 
