@@ -21,6 +21,7 @@ from .network import FixedLambda, LambdaNetwork, fix_lambda, init_from_plain  # 
 from .evaluation import evaluate  # noqa: E402
 from .deploy import LambdaServer, export  # noqa: E402
 from .runs import load  # noqa: E402
+from .mixture import MixedEnds, interpolate, interpolation_barrier, mix_ends  # noqa: E402
 
 __all__ = [
     "__version__",
@@ -35,10 +36,14 @@ __all__ = [
     "LambdaServer",
     "LambdaNetwork",
     "LambdaNorm",
+    "MixedEnds",
     "SinusoidalEncoder",
     "evaluate",
     "export",
     "fix_lambda",
     "init_from_plain",
+    "interpolate",
+    "interpolation_barrier",
     "load",
+    "mix_ends",
 ]

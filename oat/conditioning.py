@@ -3,10 +3,12 @@
 OAT (Wang et al., NeurIPS 2020) conditions one network on the trade-off weight λ in two ways:
 
 * **FiLM** after a BatchNorm: ``out = γ(λ) ⊙ h + β(λ)`` with per-channel γ, β produced by a small
-  MLP from an encoding of λ. Here γ = 1 + Δγ and the MLP's last layer starts at zero, so a fresh
-  conditioned network computes exactly what its plain twin with the same weights computes.
+  MLP from an encoding of λ. By default γ = 1 + Δγ and the MLP's last layer starts at zero, so a
+  fresh conditioned network computes exactly what its plain twin with the same weights computes;
+  YOTO's near-identity start and the reference's form are options (:class:`FiLM`).
 * **Dual BatchNorm**: examples with λ = 0 are normalised by ``bn_clean``, examples with λ > 0 by
-  ``bn_adv`` — for their clean and their adversarial forward pass alike. Routing is per example
+  ``bn_adv`` — for their clean and their adversarial forward pass alike. The triple BatchNorm
+  (:class:`TripleBatchNorm`) gives λ = 1 a third of its own. Routing is per example
   with index sets computed once per forward (never an integer split of the batch, which breaks
   as soon as the batch is shuffled or sharded), in train and eval mode, and only the BN an
   example used sees it, so only its running statistics move.

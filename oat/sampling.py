@@ -4,7 +4,8 @@ OAT (Wang et al., NeurIPS 2020) trains one network for every λ by drawing λ pe
 reference draws from Λ = {0, 0.1, 0.2, 0.3, 0.4, 1.0}, forcing ⌈B/|Λ|⌉ examples of every batch to
 λ = 0 (so the clean BatchNorm of a dual-BN network sees a steady share of the batch) and spreading
 the rest uniformly over the non-zero values. The continuous samplers here keep the same forced
-share of zeros for the same reason: under a continuous law λ = 0 has probability 0.
+share of zeros for the same reason: under a continuous law λ = 0 has probability 0. The sandwich
+sampler forces a share of both ends, λ = 0 and λ = 1, into every batch.
 
 Every sampler owns its ``torch.Generator`` (never the global RNG, which data loading and dropout
 also consume), so a seed fixes the whole stream, and ``state_dict()`` / ``load_state_dict()``
