@@ -7,7 +7,9 @@ The process group is set up from the environment torchrun provides (``RANK``, ``
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -52,11 +54,43 @@ def pick_device(preference: str = "auto", local_rank: int = 0) -> torch.device:
     return device
 
 
-def free_cores() -> int:
-    """Cores this process may use that are not already busy (1-minute load average), at least 1."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, int(cores - load + 0.5)))
+SAMPLE_SECONDS = 0.25  # how long free_cores watches the cores
+
+
+def free_cores(seconds: float = SAMPLE_SECONDS) -> int:
+    """Cores this process may use that are idle *now*, at least 1: each core's busy share over
+    ``seconds`` (from /proc/stat), summed and taken away from the cores this process may run on.
+    The 1-minute load average lags by a minute: a command started right after a 2-core job ends
+    would get half the machine. Where /proc/stat is missing (macOS), the load average it is."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    first = cpu_times()
+    if first is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        return max(1, min(len(cores), int(len(cores) - load + 0.5)))
+    time.sleep(seconds)
+    second = cpu_times() or first
+    busy = 0.0
+    for core in cores:
+        if core in first and core in second:
+            (idle_a, total_a), (idle_b, total_b) = first[core], second[core]
+            elapsed = total_b - total_a
+            busy += 1.0 - (idle_b - idle_a) / elapsed if elapsed > 0 else 0.0
+    return max(1, min(len(cores), int(len(cores) - busy + 0.5)))
+
+
+def cpu_times() -> dict[int, tuple[int, int]] | None:
+    """Per core, (idle, total) clock ticks since boot from /proc/stat (idle counts iowait), or None."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            ticks = [int(v) for v in fields[:8]]
+            times[int(name[3:])] = (ticks[3] + ticks[4], sum(ticks))
+    return times or None
 
 
 def set_threads(requested: int | None = None) -> int:

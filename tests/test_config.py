@@ -156,12 +156,46 @@ def test_thread_count_follows_the_config_then_the_environment_then_the_idle_core
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         assert set_threads(None) == 1 and torch.get_num_threads() == 1
         monkeypatch.delenv("OMP_NUM_THREADS")
-        monkeypatch.setattr("os.getloadavg", lambda: (100.0, 0.0, 0.0))  # every core busy
-        assert set_threads(None) == 1 == free_cores()
-        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))  # an idle machine: every core
-        assert free_cores() == len(__import__("os").sched_getaffinity(0))
+        snapshots = iter([{0: (100, 1000), 1: (100, 1000)}, {0: (100, 1100), 1: (100, 1100)}] * 2)
+        monkeypatch.setattr("oat.distributed.cpu_times", lambda: next(snapshots))  # both cores busy now
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+        assert set_threads(None) == 1 == free_cores(0)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("idle_ticks,expected", [((100, 100), 2), ((100, 60), 2), ((10, 100), 1), ((60, 50), 1),
+                                                 ((0, 0), 1)])
+def test_free_cores_counts_the_cores_idle_now_not_the_load_average(monkeypatch, idle_ticks, expected):
+    from oat.distributed import free_cores
+
+    # Over the sample each core ran 100 ticks, of which idle_ticks[i] idle: ~busy cores are taken away.
+    before = {0: (0, 0), 1: (0, 0), 2: (0, 0)}
+    after = {0: (idle_ticks[0], 100), 1: (idle_ticks[1], 100), 2: (0, 100)}  # core 2: not ours
+    snapshots = iter([before, after])
+    monkeypatch.setattr("oat.distributed.cpu_times", lambda: next(snapshots))
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr("os.getloadavg", lambda: (2.0, 2.0, 2.0))  # a lagging average would say: none free
+    assert free_cores(0) == expected
+
+
+def test_free_cores_falls_back_to_the_load_average_without_proc_stat(monkeypatch):
+    from oat.distributed import free_cores
+
+    monkeypatch.setattr("oat.distributed.cpu_times", lambda: None)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr("os.getloadavg", lambda: (1.2, 0.0, 0.0))
+    assert free_cores(0) == 3
+
+
+def test_cpu_times_reads_this_machines_cores():
+    from oat.distributed import cpu_times
+
+    times = cpu_times()
+    if times is None:
+        pytest.skip("no /proc/stat here")
+    assert set(__import__("os").sched_getaffinity(0)) <= set(times)
+    assert all(0 <= idle <= total for idle, total in times.values())
 
 
 @pytest.mark.parametrize("path", BENCHES, ids=lambda p: p.name)
