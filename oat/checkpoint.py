@@ -110,9 +110,13 @@ def remove_orphans(directory: str | Path) -> list[Path]:
 
 
 def _write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to a unique temporary beside ``path``, fsync it, rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to a unique temporary beside ``path``, fsync it, rename it over ``path``.
+    Every OSError names ``path``, the file asked for, never the temporary."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:  # a read-only or missing place: the temporary's name would mislead
+        raise OSError(error.errno, error.strerror, str(path)) from None
     try:
         try:
             try:
@@ -125,7 +129,10 @@ def _write_atomic(path: Path, data: bytes | memoryview) -> None:
                 os.close(fd)
         except OSError as error:  # os.write names no file: say which one could not be written
             raise OSError(error.errno, error.strerror, str(path)) from None
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # e.g. path is a directory
+            raise OSError(error.errno, error.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -436,16 +436,22 @@ def _check_sampler(config: Config) -> None:
 def read_yaml_mapping(path: str | Path, what: str = "config file") -> dict:
     """The mapping a YAML file holds, or a one-line ``ConfigError`` naming the problem."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {path} is a directory, not a YAML file")
     if not path.is_file():
         raise ConfigError(f"{what} not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except UnicodeDecodeError:
         raise ConfigError(f"{what} {path} is not a text file") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {what} {path}: {error.strerror or error}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"malformed YAML in {path}{where}: {getattr(error, 'problem', error)}") from None
+    if data is None:
+        raise ConfigError(f"{what} {path} is empty (no sections); an empty file would silently mean every default")
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
     return data

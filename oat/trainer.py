@@ -507,6 +507,9 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
 
 def _restore(run: TrainingRun, state: dict) -> None:
     try:
+        problem = state_dict_mismatch(run.model, state["model"])
+        if problem:
+            raise ValueError(f"its weights do not fit the network the config builds ({problem})")
         run.model.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.scaler.load_state_dict(state["scaler"])
@@ -515,6 +518,25 @@ def _restore(run: TrainingRun, state: dict) -> None:
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError) as error:  # the file, not oat
         what = f"no {error}" if isinstance(error, KeyError) else first_line(error)
         raise CheckpointError(f"{run.checkpoint_path} cannot be resumed: {what}") from None
+
+
+def state_dict_mismatch(model: nn.Module, weights) -> str | None:
+    """What keeps ``weights`` from loading into ``model``, naming the keys (torch's own message
+    puts them on lines after a first one that names none), or None when they fit."""
+    if not isinstance(weights, dict):
+        return f"the weights are a {type(weights).__name__}, not a state dict"
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    shapes = [f"{k} is {list(weights[k].shape)} in the checkpoint, {list(v.shape)} in the network"
+              for k, v in expected.items() if k in weights and getattr(weights[k], "shape", None) != v.shape]
+    parts = ([f"missing {_some(missing)}"] if missing else []) + ([f"unexpected {_some(unexpected)}"] if unexpected
+                                                                   else []) + shapes[:1]
+    return "; ".join(parts) or None
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
 
 
 def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:

@@ -51,7 +51,12 @@ def _cases(tmp_path, smuggled):
     bad_yaml.write_text("train: [1, 2\n")
     typo = tmp_path / "typo.yaml"
     typo.write_text("train:\n  epoch: 3\n")
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing but a comment\n")
+    (tmp_path / "a-directory").mkdir()
     return [
+        (["train", "--config", str(tmp_path / "a-directory")], f"config file {tmp_path / 'a-directory'} is a directory"),
+        (["train", "--config", str(empty)], f"config file {empty} is empty"),
         (["train", "--config", str(tmp_path / "missing.yaml")], "config file not found"),
         (["train", "--config", str(bad_yaml)], "malformed YAML"),
         (["train", "--config", str(typo)], "unknown config key 'train.epoch' (did you mean 'train.epochs'?)"),
@@ -74,6 +79,20 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path, smuggled_checkpoint
         assert err.count("\n") == 1 and err.startswith("oat: error: "), (args, err)
         assert message in err, (args, err)
         assert "Traceback" not in err and "pwned" not in out
+
+
+@pytest.mark.skipif(not Path("/proc/self/mem").exists(), reason="needs Linux's /proc")
+def test_unreadable_and_unwritable_paths_are_named(tmp_path, capsys):
+    code, _, err = run(["train", "--config", "/proc/self/mem"], capsys)
+    assert code == 2 and err.strip() == "oat: error: cannot read config file /proc/self/mem: Input/output error"
+    # /proc takes no new files, even from root: the message names the run directory asked for, not a temporary
+    code, _, err = run(["train", "--config", DIGITS, "--out", "/proc/oat-run", "--quiet"], capsys)
+    assert code == 2 and "/proc/oat-run" in err and ".tmp" not in err and err.count("\n") == 1
+    from oat.checkpoint import write_text_atomic
+
+    with pytest.raises(OSError, match="/proc/eval.json'") as caught:
+        write_text_atomic("/proc/eval.json", "{}")
+    assert ".tmp" not in str(caught.value)
 
 
 def test_eval_refuses_bad_lambdas_and_attacks(tmp_path, capsys):

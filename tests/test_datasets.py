@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -638,3 +639,23 @@ def test_tsipras_closed_form_matches_sampled_accuracy():
     robust = (y * (worst @ w + b) > 0).double().mean().item()
     for closed, empirical in ((sa, clean), (ra, robust)):
         assert abs(closed - empirical) < 4 * math.sqrt(closed * (1 - closed) / n)
+
+
+def test_an_image_that_fails_to_decode_is_named(tmp_path, capsys):
+    from oat.cli import main
+
+    _write_tree(tmp_path / "tree", ["a", "b"], per_class=3)
+    broken = tmp_path / "tree" / "b" / "1.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a truncated PNG: its header survives, its data do not
+    splits = datasets.load("imagefolder", path=tmp_path / "tree", image_size=8, test_fraction=0.5)
+    split = next(s for s in (splits.train, splits.test) if str(broken) in [p for p, _ in
+                                                                            (s.folder.samples[int(i)] for i in s.indices)])
+    position = [s for s, _ in (split.folder.samples[int(i)] for i in split.indices)].index(str(broken))
+    with pytest.raises(OSError, match=f"cannot decode image {broken}"):
+        split[position]
+    config = Path(__file__).resolve().parent.parent / "configs" / "digits_oat.yaml"
+    code = main(["train", "--config", str(config), "--set", "data.name=imagefolder",
+                 "--set", f"data.options={{path: {tmp_path / 'tree'}, image_size: 8, test_fraction: 0.5}}",
+                 "--set", "train.epochs=1", "--set", "train.batch_size=2", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and str(broken) in err and len(err.splitlines()) == 1

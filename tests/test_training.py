@@ -218,8 +218,14 @@ def test_resume_refuses_weights_that_do_not_fit_and_a_missing_optimiser_state(tm
     out = tmp_path / "run"
     trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
+    first_key = next(iter(state["model"]))
+    wider = dict(state["model"])
+    wider["classifier.1.bias"] = torch.zeros(7)
     for broken, message in [({**state, "model": {k: v for k, v in list(state["model"].items())[1:]}},
-                             "cannot be resumed: Error(s) in loading state_dict"),
+                             f"cannot be resumed: its weights do not fit the network the config builds (missing {first_key})"),
+                            ({**state, "model": {**state["model"], "extra.weight": torch.zeros(2)}},
+                             "(unexpected extra.weight)"),
+                            ({**state, "model": wider}, "(classifier.1.bias is [7] in the checkpoint, [200] in the network)"),
                             ({k: v for k, v in state.items() if k != "optimizer"},
                              "cannot be resumed: no 'optimizer'")]:
         torch.save(broken, out / "checkpoint.pt")

@@ -41,7 +41,12 @@ class ImageFolderDataset(Dataset):
         return ImageFolderDataset(self.folder, self.indices[torch.as_tensor(indices)])
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.folder[int(self.indices[index])]
+        position = int(self.indices[index])
+        try:
+            image, label = self.folder[position]
+        except (OSError, ValueError, SyntaxError) as error:  # PIL's words for a file it cannot decode
+            path = self.folder.samples[position][0]
+            raise OSError(f"imagefolder: cannot decode image {path} ({str(error).splitlines()[0] or type(error).__name__})") from None
         return image, int(label)
 
 
