@@ -52,10 +52,13 @@ class AutoAttackStage:
 @dataclass
 class MixedEndsStage:
     """The third curve: the dedicated points ``accurate`` and ``robust`` mixed at inference
-    (:mod:`oat.mixture`), evaluated with the comparison's protocol at its λ list."""
+    (:mod:`oat.mixture`), evaluated with the comparison's protocol at its λ list. Left out of a
+    comparison config, it mixes ``lambda-0`` and ``lambda-1`` when the comparison trains both;
+    ``enabled: false`` turns it off."""
 
     accurate: str = "lambda-0"
     robust: str = "lambda-1"
+    enabled: bool = True
 
 
 @dataclass
@@ -67,7 +70,7 @@ class ComparisonConfig:
     fixed_lambda: FixedLambdaSweep = field(default_factory=FixedLambdaSweep)
     trades: TradesSweep = field(default_factory=TradesSweep)
     autoattack: AutoAttackStage | None = None
-    mixed_ends: MixedEndsStage | None = field(default_factory=MixedEndsStage)  # null: no third curve
+    mixed_ends: MixedEndsStage | None = None  # None: lambda-0 and lambda-1 mixed when both are trained
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/
@@ -120,11 +123,12 @@ def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int =
             f"{workers} worker{'s' if workers > 1 else ''}, into {out}")
     # Built (and so checked) before anything trains.
     second = autoattack_tasks(comparison.autoattack, tasks, lambdas) if comparison.autoattack else []
-    mixed = mixed_task(comparison.mixed_ends, tasks, out, base, protocol, lambdas) if comparison.mixed_ends else None
+    stage = mixed_stage(comparison.mixed_ends, tasks)
+    mixed = mixed_task(stage, tasks, out, base, protocol, lambdas) if stage else None
     run_tasks(tasks, workers, log, retrain_stale)
     write_frontier(out / "frontier", points, protocol)
     if mixed:
-        prepare_mixture(mixed, comparison.mixed_ends, tasks)
+        prepare_mixture(mixed, stage, tasks)
         run_tasks([mixed], workers, log, retrain_stale)
     if second:
         run_tasks(second, workers, log, retrain_stale)
@@ -165,6 +169,16 @@ def autoattack_tasks(stage: AutoAttackStage, tasks: list[Task], oat_lambdas: tup
 MIXED_DIR = "mixed-ends"
 
 
+def mixed_stage(stage: MixedEndsStage | None, tasks: list[Task]) -> MixedEndsStage | None:
+    """The mixture the comparison evaluates: the one its config names (None when disabled), or by
+    default ``lambda-0`` with ``lambda-1`` when it trains both."""
+    if stage is not None:
+        return stage if stage.enabled else None
+    default = MixedEndsStage()
+    names = {t.name for t in tasks}
+    return default if {default.accurate, default.robust} <= names else None
+
+
 def mixed_task(stage: MixedEndsStage, tasks: list[Task], out: Path, base: Config, protocol: Protocol,
                lambdas: tuple[float, ...]) -> Task:
     """The mixture of two dedicated points as a task evaluated like the OAT model (nothing to train)."""
@@ -172,7 +186,7 @@ def mixed_task(stage: MixedEndsStage, tasks: list[Task], out: Path, base: Config
     unknown = [name for name in (stage.accurate, stage.robust) if name not in by_name or name == "oat"]
     if unknown:
         raise ConfigError(f"config key 'mixed_ends' names {unknown}, which the comparison does not train as "
-                          f"dedicated points; it trains {sorted(set(by_name) - {'oat'})} (or set mixed_ends: null)")
+                          f"dedicated points; it trains {sorted(set(by_name) - {'oat'})} (or set mixed_ends: {{enabled: false}})")
     return Task(MIXED_DIR, str(out / MIXED_DIR), base, protocol, lambdas)
 
 
