@@ -21,6 +21,7 @@ reuses finished work, and a model trained under other settings is refused (``ret
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import json
 import time
 from dataclasses import dataclass, field
@@ -73,23 +74,30 @@ class ComparisonConfig:
     mixed_ends: MixedEndsStage | None = None  # None: lambda-0 and lambda-1 mixed when both are trained
 
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # the repository's configs/
-
-
 def load_comparison(path: str | Path) -> ComparisonConfig:
     return from_dict(read_yaml_mapping(path, "comparison config"), ComparisonConfig)
 
 
+def shipped_configs() -> Path:
+    """Where the configs that ship with oat live: the repository's ``configs/``, installed as the
+    package data ``oat.configs`` (so a wheel has them too)."""
+    return Path(str(importlib.resources.files("oat.configs")))
+
+
+def bench_presets() -> list[str]:
+    """Every shipped preset, as ``<bench>_<preset>`` (``fashion-mnist_cpu``, ``tsipras_cpu`` …)."""
+    return sorted(p.stem.removeprefix("bench_") for p in shipped_configs().glob("bench_*.yaml"))
+
+
 def bench_config(bench: str, preset: str) -> Path:
-    """A comparison config file: ``bench`` itself when it is a file, else the preset
-    ``configs/bench_<bench>_<preset>.yaml``; a one-line ``ConfigError`` listing the presets otherwise."""
+    """A comparison config file: ``bench`` itself when it is a file, else the shipped preset
+    ``bench_<bench>_<preset>.yaml``; a one-line ``ConfigError`` listing the presets otherwise."""
     if Path(bench).is_file():
         return Path(bench)
-    path = CONFIGS / f"bench_{bench}_{preset}.yaml"
+    path = shipped_configs() / f"bench_{bench}_{preset}.yaml"
     if not path.is_file():
-        known = sorted(p.stem.removeprefix("bench_") for p in CONFIGS.glob("bench_*.yaml"))
         raise ConfigError(f"no bench {bench!r} with preset {preset!r} (no file {path}); known: "
-                          f"{', '.join(known) or 'none'}, or give a comparison config file")
+                          f"{', '.join(bench_presets()) or 'none'}, or give a comparison config file")
     return path
 
 

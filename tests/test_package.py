@@ -1,5 +1,5 @@
-"""What `pip install` ships: one top-level package, `oat`, with the repository's models/ and
-frontier/ inside it, and imports that run one way (λ and conditioning ← models ← training and
+"""What `pip install` ships: one top-level package, `oat`, with the repository's models/,
+frontier/ and configs/ (the presets) inside it, and imports that run one way (λ and conditioning ← models ← training and
 evaluation ← comparison ← CLI)."""
 
 import ast
@@ -11,26 +11,38 @@ from pathlib import Path
 ROOT = Path(__file__).parent.parent
 
 
-def test_pip_install_puts_only_oat_at_the_top_of_site_packages(tmp_path):
+def test_a_wheel_installs_only_oat_and_runs_from_anywhere_with_its_presets(tmp_path):
     import shutil
 
-    source, target = tmp_path / "source", tmp_path / "site"  # a copy: the build leaves nothing in the repository
-    source.mkdir()
+    source, wheels, target = tmp_path / "source", tmp_path / "wheels", tmp_path / "site"  # a copy: the build
+    source.mkdir()                                                                       # leaves nothing here
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for name in ("oat", "models", "frontier"):
+    for name in ("oat", "models", "frontier", "configs"):
         shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), str(source)],
+    pip = [sys.executable, "-m", "pip", "--quiet"]
+    subprocess.run(pip + ["wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(wheels), str(source)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    (wheel,) = wheels.glob("oat-*.whl")
+    subprocess.run(pip + ["install", "--no-deps", "--target", str(target), str(wheel)],
                    check=True, capture_output=True, text=True, timeout=300)
     top = sorted(p.name for p in target.iterdir() if p.name != "bin")
     assert [name for name in top if not name.endswith(".dist-info")] == ["oat"]
     assert (target / "oat" / "models" / "registry.py").is_file() and (target / "oat" / "frontier" / "pareto.py").is_file()
+    shipped = sorted(p.name for p in (ROOT / "configs").glob("*.yaml"))
+    assert sorted(p.name for p in (target / "oat" / "configs").glob("*.yaml")) == shipped
     # From another directory, with only the installed copy on the path: oat.models and oat.frontier
-    # import, the generic names do not exist.
+    # import, the generic names do not exist, and every shipped preset is listed and loads.
     code = ("import oat.models, oat.frontier.pareto, importlib.util as u; "
+            "from oat.frontier.comparison import bench_config, bench_presets, load_comparison; "
             "assert oat.models.__file__.startswith(%r); "
             "assert 'small_cnn' in oat.models.names(); "
-            "assert u.find_spec('models') is None and u.find_spec('frontier') is None; print('ok')") % str(target)
+            "assert u.find_spec('models') is None and u.find_spec('frontier') is None; "
+            "presets = bench_presets(); "
+            "assert presets == %r, presets; "
+            "[load_comparison(bench_config(*p.rsplit('_', 1))) for p in presets]; "
+            "assert str(bench_config('tsipras', 'cpu')).startswith(%r); print('ok')") % (
+        str(target), sorted(n[len("bench_"):-len(".yaml")] for n in shipped if n.startswith("bench_")), str(target))
     # -S: no site module, so the editable install's finder (a .pth file) is not loaded; torch and
     # the other dependencies come from this interpreter's site-packages, put on the path by hand.
     path = [str(target)] + [p for p in sys.path if p.endswith("site-packages")]

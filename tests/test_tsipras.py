@@ -113,9 +113,9 @@ def test_attacks_search_the_whole_ball_when_the_dataset_is_unbounded():
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
     """oat demo --task tsipras at a small size: fewer draws, epochs and λ values."""
-    from oat.frontier.comparison import CONFIGS, load_comparison, run_comparison
+    from oat.frontier.comparison import load_comparison, run_comparison, shipped_configs
 
-    config = load_comparison(CONFIGS / "bench_tsipras_cpu.yaml")
+    config = load_comparison(shipped_configs() / "bench_tsipras_cpu.yaml")
     config.lambdas = [0.0, 0.2, 1.0]
     config.fixed_lambda.values = [0.0, 1.0]
     config.trades.betas = [6.0]
