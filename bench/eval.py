@@ -35,7 +35,9 @@ import torch
 import oat
 from oat.attacks.base import eval_mode
 from oat.datasets.base import dataset_tensors, to_unit
-from oat.evaluation import _survivors, parse_attack, subset_indices, unpack_bits
+from oat.attacks.names import parse_attack
+from oat.bits import unpack_bits
+from oat.evaluation import _survivors, subset_indices
 from oat.runs import load_run, run_data
 
 LAMBDAS = [0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.7, 1.0]

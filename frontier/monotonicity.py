@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from oat.evaluation import unpack_bits
+from oat.bits import unpack_bits
 
 from .uncertainty import wilson_interval
 

@@ -22,7 +22,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 
-from oat.evaluation import parse_attack  # noqa: E402
+from oat.attacks.names import parse_attack  # noqa: E402
 
 from .analytic import true_frontier  # noqa: E402
 from .pareto import non_dominated  # noqa: E402
@@ -35,7 +35,7 @@ TRUE_COLOR = "#222222"  # the true frontier of a task with closed forms
 
 
 def _attack_marker(attack: str) -> dict:
-    strong = parse_attack(attack).is_autoattack
+    strong = parse_attack(attack).strong
     return {"marker": "s" if strong else "^", "strong": strong}
 
 

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from oat.evaluation import unpack_bits
+from oat.bits import unpack_bits
 
 from .pareto import hypervolume
 

@@ -79,7 +79,7 @@ def cmd_train(args) -> int:
 def _check_eval_args(args) -> None:
     """Refuse nonsense before a checkpoint is loaded or a dataset read."""
     from .distributed import pick_device
-    from .evaluation import parse_attack
+    from .attacks.names import parse_attack
 
     if args.eps is not None and not (math.isfinite(args.eps) and args.eps >= 0):
         raise UserError(f"--eps must be a finite number ≥ 0, got {args.eps}")
@@ -106,7 +106,8 @@ def _check_eval_args(args) -> None:
 def cmd_eval(args) -> int:
     from .checkpoint import write_text_atomic
     from .distributed import set_threads
-    from .evaluation import check_bounds, print_table
+    from .attacks.names import check_bounds
+    from .evaluation import print_table
     from .runs import EVAL_RESULT, check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None

@@ -285,10 +285,13 @@ def _present(data: dict, key: str) -> bool:
 def _check_monitor(config: Config) -> None:
     validate = config.train.validate
     if validate is not None:
-        from .monitor import check_validate_attacks
+        from .attacks.names import check_monitor_attacks
 
         _check_attacks(validate.attacks, "train.validate.attacks")
-        check_validate_attacks(validate.attacks)
+        try:
+            check_monitor_attacks([str(a) for a in validate.attacks])
+        except ValueError as error:
+            raise ConfigError(f"config key 'train.validate.attacks' {error}") from None
         for value in validate.lambdas or []:
             if not _finite(value) or not 0 <= value <= 1:
                 raise ConfigError(f"config key 'train.validate.lambdas' must hold λ values in [0, 1], got {value!r}")
@@ -412,7 +415,7 @@ def _check_range(key: str, value: Any, shown: str | None = None) -> None:
 
 
 def _check_attacks(names: list, key: str) -> None:
-    from .evaluation import parse_attack
+    from .attacks.names import parse_attack
 
     if not names:
         raise ConfigError(f"config key '{key}' must name at least one attack")

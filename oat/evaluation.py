@@ -13,12 +13,8 @@ of the cost, since no attack spends its steps on an example already broken. Each
 figure is then its robust accuracy *after the earlier attacks* (cumulative), so only the first
 attack's figure is a standalone one; the results say ``"cascade": true``.
 
-Attack names: ``fgsm``; ``pgd-N`` / ``pgd-NxR`` (CE-PGD, N steps of 2.5ε/N, R random restarts,
-worst case over restarts); ``cw-N`` / ``cw-NxR`` (CW∞-margin PGD); ``autoattack`` (the standard
-version through pyautoattack: APGD-CE, APGD-T, FAB-T, Square); ``apgd`` (its APGD-CE + APGD-T
-pair, the cheap subset); ``apgd-ce``, ``apgd-t``; ``apgd-dlr`` (APGD on the untargeted DLR loss,
-blind neither to saturated logits nor to nine target classes' cost); ``square`` (the black-box
-Square attack alone, 5,000 queries).
+Attack names (``fgsm``, ``pgd-N``, ``pgd-NxR``, ``cw-N``, ``apgd-ce``, ``apgd``, ``autoattack`` …)
+are :mod:`oat.attacks.names`'.
 
 Every point also carries the masking checks of :mod:`oat.masking` (the share of examples with a
 zero input gradient, the FOSC of each PGD-family attack's final iterate), and ``flags`` lists
@@ -27,10 +23,8 @@ those that fire.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -38,7 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attacks import APGD, CW, FGSM, PGD, Square, autoattack, fosc
+from .attacks import autoattack, fosc
+from .attacks.names import AttackSpec, check_bounds, parse_attack
+from .bits import pack_bits
 from .attacks.base import eval_mode
 from .datasets import closed_form
 from .datasets.base import dataset_tensors, to_unit
@@ -48,62 +44,6 @@ from .progress import Progress
 from .protocol import subset_digest
 
 UNSEEN_LAMBDAS = (0.05, 0.25, 0.5, 0.7, 0.9)
-
-_STEPPED = re.compile(r"^(pgd|cw)-(\d+)(?:x(\d+))?$")
-_APGD_LOSSES = {"apgd-ce": ["ce"], "apgd-dlr": ["dlr"], "apgd-t": ["dlr-targeted"], "apgd": ["ce", "dlr-targeted"]}
-UNIT_BOX_FAMILIES = ("apgd", "square", "autoattack")  # the package's attacks clip to [0, 1]
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """A parsed attack name: ``family`` is fgsm, pgd, cw, apgd, square or autoattack."""
-
-    name: str
-    family: str
-    steps: int = 0
-    restarts: int = 1
-
-    @property
-    def is_autoattack(self) -> bool:
-        """One of AutoAttack's attacks or the whole of it (the strong side of a comparison)."""
-        return self.family in ("apgd", "autoattack")
-
-    @property
-    def loss(self) -> str:
-        """The loss a PGD-family attack ascends (and its FOSC is measured on)."""
-        return "cw" if self.family == "cw" else "ce"
-
-
-def parse_attack(name: str) -> AttackSpec:
-    """Parse an attack name (see the module docstring); unknown names raise ``ValueError``."""
-    name = name.strip().lower()
-    if name in ("fgsm", "square", "autoattack"):
-        return AttackSpec(name, name)
-    if name in _APGD_LOSSES:
-        return AttackSpec(name, "apgd")
-    match = _STEPPED.match(name)
-    if match:
-        steps, restarts = int(match.group(2)), int(match.group(3) or 1)
-        if steps < 1 or restarts < 1:
-            raise ValueError(f"attack {name!r}: steps and restarts must be at least 1")
-        return AttackSpec(name, match.group(1), steps, restarts)
-    raise ValueError(
-        f"unknown attack {name!r}; use fgsm, pgd-N, pgd-NxR (R restarts), cw-N, cw-NxR, autoattack, apgd, "
-        "apgd-ce, apgd-dlr, apgd-t or square"
-    )
-
-
-def check_bounds(attacks: Sequence[str], bounds: tuple[float, float] | None) -> None:
-    """Refuse (ValueError) an attack that cannot search the dataset's threat model: the APGD family,
-    Square and AutoAttack run the package's iterations, which clip to [0, 1], so on any other box or
-    on unbounded inputs (the whole L∞ ball) only oat's own FGSM, PGD and CW apply."""
-    for name in attacks:
-        spec = parse_attack(name)
-        if spec.family in UNIT_BOX_FAMILIES and bounds != (0.0, 1.0):
-            where = "unbounded (the whole L∞ ball)" if bounds is None else f"in {list(bounds)}"
-            raise ValueError(f"{spec.name} needs inputs in [0, 1] (the package clips to that box); this dataset's "
-                             f"inputs are {where}: use fgsm, pgd-N or cw-N")
-
 
 def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: torch.Tensor,
                examples: torch.Tensor, lam, eps: float, seed: int, batch_size: int,
@@ -117,9 +57,9 @@ def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: t
     ``bounds``: the input box (the dataset's), which every attack stays in.
     """
     check_bounds([spec.name], bounds)
-    if spec.name == "autoattack":
+    attack = spec.build(eps, seed, bounds)
+    if attack is None:  # the full AutoAttack: through the package
         return _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size), None
-    attack = _make_attack(spec, eps, seed, bounds)
     survived, stationarity = [], []
     for start in range(0, len(examples), batch_size):
         chunk = slice(start, start + batch_size)
@@ -140,18 +80,6 @@ def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: t
     return torch.cat(survived), torch.cat(stationarity) if stationarity else None
 
 
-def _make_attack(spec: AttackSpec, eps: float, seed: int, bounds: tuple[float, float] | None) -> list:
-    """The attack objects a spec runs, in order (several only for ``apgd``)."""
-    if spec.family == "fgsm":
-        return [FGSM(eps, bounds=bounds)]
-    if spec.family in ("pgd", "cw"):
-        cls = PGD if spec.family == "pgd" else CW
-        return [cls(eps, steps=spec.steps, restarts=spec.restarts, seed=seed, bounds=bounds)]
-    if spec.family == "square":
-        return [Square(eps, seed=seed)]
-    return [APGD(eps, loss=loss, seed=seed) for loss in _APGD_LOSSES[spec.name]]
-
-
 def _autoattack_survivors(model, x_all, y_all, examples, lam, eps, seed, batch_size) -> torch.Tensor:
     """The standard AutoAttack through the package, which takes one λ at a time."""
     survived = torch.zeros(len(examples), dtype=torch.bool, device=x_all.device)
@@ -170,14 +98,6 @@ def consistency_flags(points: list[dict], n: int, cascade: bool = False) -> list
     return [flag for point in points for flag in point_flags(point, n, cascade)]
 
 
-def pack_bits(bits: torch.Tensor) -> str:
-    """Per-example booleans as a hex string, eight examples a byte (10,000 examples: 2,500 characters)."""
-    return np.packbits(bits.detach().cpu().numpy().astype(bool)).tobytes().hex()
-
-
-def unpack_bits(text: str, n: int) -> np.ndarray:
-    """The ``n`` booleans :func:`pack_bits` packed."""
-    return np.unpackbits(np.frombuffer(bytes.fromhex(text), dtype=np.uint8), count=n).astype(bool)
 
 
 def subset_indices(size: int, n: int | None, seed: int) -> torch.Tensor:

@@ -26,13 +26,13 @@ import math
 
 import numpy as np
 
+from .attacks.names import WITH_APGD_CE, parse_attack
+from .bits import unpack_bits
+
 MARGIN = 0.05  # PGD above the strong attacks' worst case by more than this (plus noise): overestimation
 BLACK_BOX_SHARE = 0.01  # Square breaking more than this share that white-box attacks missed
 ZERO_GRADIENT_SHARE = 0.05  # more than this share of examples with an exactly zero CE input gradient
 
-WEAK = ("fgsm", "pgd", "cw")  # attack families that overestimate under masking
-STRONG = ("apgd", "autoattack")  # those that the overestimation is measured against
-WITH_APGD_CE = ("apgd-ce", "apgd", "autoattack")  # never weaker than PGD on cross-entropy, short of noise
 
 
 def noise(p: float, n: int) -> float:
@@ -56,8 +56,6 @@ def overestimation(weak: np.ndarray, strong: np.ndarray, margin: float = MARGIN)
 
 
 def _bits(point: dict, name: str, n: int):
-    from .evaluation import unpack_bits
-
     packed = point.get("per_example", {}).get("robust", {}).get(name)
     return None if packed is None else unpack_bits(packed, n)
 
@@ -68,15 +66,13 @@ def pgd_overestimations(point: dict, n: int, margin: float = MARGIN) -> list[dic
     as ``weak`` and ``strong``). An older ``eval.json`` without per-attack bits is read from its
     figures: the weak RA minus the lowest strong RA, against ``margin`` alone. The monitor's
     flag and ``oat eval``'s ``pgd_above_autoattack`` are both this."""
-    from .evaluation import parse_attack
-
     robust = point["robust"]
-    strong = [a for a in robust if parse_attack(a).family in STRONG]
+    strong = [a for a in robust if parse_attack(a).strong]
     if not strong:
         return []
     strong_bits = [_bits(point, a, n) for a in strong]
     out = []
-    for weak in (a for a in robust if parse_attack(a).family in WEAK):
+    for weak in (a for a in robust if parse_attack(a).weak):
         weak_bits = _bits(point, weak, n)
         if weak_bits is not None and all(b is not None for b in strong_bits):
             gap = overestimation(weak_bits, np.logical_and.reduce(strong_bits), margin)
@@ -89,10 +85,8 @@ def pgd_overestimations(point: dict, n: int, margin: float = MARGIN) -> list[dic
 
 def point_flags(point: dict, n: int, cascade: bool = False, margin: float = MARGIN) -> list[dict]:
     """The masking flags of one λ's evaluation point measured on ``n`` examples."""
-    from .evaluation import parse_attack
-
     lam, robust = point["lambda"], point["robust"]
-    family = {name: parse_attack(name).family for name in robust}
+    weak_attacks = [name for name in robust if parse_attack(name).weak]
     flags = []
 
     def flag(kind: str, message: str) -> None:
@@ -104,11 +98,11 @@ def point_flags(point: dict, n: int, cascade: bool = False, margin: float = MARG
             flag("pgd_above_autoattack", f"{weak} RA {robust[weak]:.3f} exceeds the worst case with "
                  f"{'+'.join(gap['strong'])} by {gap['gap']:.3f} (> {gap['threshold']:.3f}): gradient masking?")
     for strong in (a for a in robust if a in WITH_APGD_CE and not cascade):
-        for weak in (a for a in robust if family[a] in WEAK):
+        for weak in weak_attacks:
             if robust[strong] - robust[weak] > noise(robust[weak], n):
                 flag("autoattack_above_pgd", f"{strong} RA {robust[strong]:.3f} exceeds {weak} RA "
                      f"{robust[weak]:.3f} by more than sampling noise")
-    _black_box_flags(point, n, family, flag)
+    _black_box_flags(point, n, flag)
     zero = point.get("checks", {}).get("zero_gradient")
     if zero is not None and zero > ZERO_GRADIENT_SHARE:
         flag("zero_gradients", f"{zero:.1%} of the examples have an exactly zero input gradient "
@@ -116,9 +110,9 @@ def point_flags(point: dict, n: int, cascade: bool = False, margin: float = MARG
     return flags
 
 
-def _black_box_flags(point: dict, n: int, family: dict, flag) -> None:
-    white = [a for a in family if family[a] != "square"]
-    for square in (a for a in family if family[a] == "square"):
+def _black_box_flags(point: dict, n: int, flag) -> None:
+    white = [a for a in point["robust"] if parse_attack(a).white_box]
+    for square in (a for a in point["robust"] if not parse_attack(a).white_box):
         square_bits = _bits(point, square, n)
         white_bits = [_bits(point, a, n) for a in white]
         if square_bits is None or not white or any(b is None for b in white_bits):

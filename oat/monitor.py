@@ -22,8 +22,8 @@ import statistics
 import torch
 
 from .config import Config, ConfigError
-from .evaluation import evaluate, parse_attack
-from .masking import STRONG, WEAK, pgd_overestimations
+from .evaluation import evaluate
+from .masking import pgd_overestimations
 
 SPIKE_FACTOR = 3.0  # a step whose gradient norm exceeds this multiple of its epoch's median is a spike
 
@@ -38,14 +38,6 @@ def validation_lambdas(config: Config, conditioned: bool, train_lambdas: list[fl
         return [train_lambdas[0] if train_lambdas else 0.0]
     middle = statistics.median(train_lambdas) if train_lambdas else 0.5
     return sorted({0.0, float(middle), 1.0})
-
-
-def check_validate_attacks(attacks: list) -> None:
-    """The monitor compares a PGD-family attack with APGD-family ones: it needs one of each."""
-    families = [parse_attack(str(a)).family for a in attacks]
-    if not any(f in WEAK for f in families) or not any(f in STRONG for f in families):
-        raise ConfigError("config key 'train.validate.attacks' must hold a PGD-family attack (pgd-N, cw-N, fgsm) "
-                          f"and an APGD-family one (apgd-ce, apgd-dlr, apgd, autoattack) to compare, got {attacks}")
 
 
 def validate(model, splits, lambdas: list[float], config: Config, eps: float) -> dict:

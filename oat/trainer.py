@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from . import datasets
 from .attacks import TradesKL, fosc, reference_step_size
 from .attacks.base import eval_mode
-from .evaluation import check_bounds
+from .attacks.names import check_bounds
 from .awp import AWP
 from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
                          write_text_atomic)

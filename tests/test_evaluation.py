@@ -135,12 +135,12 @@ def test_the_datasets_input_bounds_bind_every_attack(model, digits, monkeypatch)
     clamp moves), and the APGD family, whose package clips to [0, 1], is refused for it."""
     import dataclasses
 
-    import oat.evaluation as evaluation
+    from oat.attacks.names import AttackSpec
 
     wide = dataclasses.replace(digits, info=dataclasses.replace(digits.info, bounds=(-1.0, 2.0)))
     seen = []
-    original = evaluation._make_attack
-    monkeypatch.setattr(evaluation, "_make_attack", lambda *a: seen.append(original(*a)) or seen[-1])
+    original = AttackSpec.build
+    monkeypatch.setattr(AttackSpec, "build", lambda *a: seen.append(original(*a)) or seen[-1])
     oat.evaluate(model, wide, [1.0], ["fgsm", "pgd-2"], eps=0.1, n=20)
     assert [attack.bounds for attacks in seen for attack in attacks] == [(-1.0, 2.0), (-1.0, 2.0)]
     with pytest.raises(ValueError, match=r"apgd-ce needs inputs in \[0, 1\].*inputs are in \[-1.0, 2.0\]"):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from oat.evaluation import pack_bits
+from oat.bits import pack_bits
 from oat.frontier.monotonicity import mcnemar_p, monotonicity
 
 N = 400

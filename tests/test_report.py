@@ -12,7 +12,7 @@ from oat.frontier.report import Comparison, find_results, format_report, summari
 from oat.frontier.sweep import make_points
 from oat.cli import main
 from oat.config import ConfigError
-from oat.evaluation import pack_bits
+from oat.bits import pack_bits
 from oat.frontier.comparison import _log_summary
 from oat.passes import total, work
 from oat.protocol import protocol_of

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from oat.frontier.uncertainty import bootstrap_ratio, wilson_interval
-from oat.evaluation import pack_bits, unpack_bits
+from oat.bits import pack_bits, unpack_bits
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_the_unit_interval():

@@ -6,6 +6,7 @@
 Every attack is called as ``attack(model, x, y, lam)`` with ``lam`` a float, a tensor ``[B]``
 (one λ per example), or None for a plain ``model(x)``. :func:`autoattack` wraps the
 ``pyautoattack`` package at one λ; :func:`fosc` measures how well an inner maximisation was solved.
+The names evaluation accepts (``pgd-20``, ``apgd-ce``, ``autoattack`` …) are :mod:`.names`'.
 """
 
 from .apgd import APGD
@@ -14,6 +15,7 @@ from .base import Attack
 from .cw import CW
 from .fgsm import FGSM
 from .fosc import fosc
+from .names import AttackSpec, check_bounds, parse_attack
 from .pgd import PGD, reference_step_size
 from .square import Square
 from .trades import TradesKL
@@ -21,6 +23,7 @@ from .trades import TradesKL
 __all__ = [
     "APGD",
     "Attack",
+    "AttackSpec",
     "AutoAttackResult",
     "CW",
     "FGSM",
@@ -28,6 +31,8 @@ __all__ = [
     "Square",
     "TradesKL",
     "autoattack",
+    "check_bounds",
     "fosc",
+    "parse_attack",
     "reference_step_size",
 ]
