@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import importlib.resources
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from .mixed import read_interpolation, write_interpolation
 from .plot import plot
 from .report import find_results, write_report
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
-from oat.runs import AUTOATTACK_RESULT
+from oat.runs import AUTOATTACK_RESULT, read_result
 
 from .tasks import Protocol, Task, run_tasks
 
@@ -223,7 +222,7 @@ def autoattack_results(tasks: list[Task]) -> list[dict]:
     for task in tasks:
         path = Path(task.run_dir) / AUTOATTACK_RESULT
         if path.exists():
-            result = json.loads(path.read_text())
+            result = read_result(path)
             for point in result["points"]:
                 rows.append({"model": task.name, "lambda": point["lambda"], "clean": point["clean"],
                              "robust": point["robust_worst"], "n": result["n"], "eps": result["eps"]})

@@ -22,6 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from oat.monitor import overestimation_summary  # noqa: E402
+from oat import runs  # noqa: E402
+from oat.checkpoint import CheckpointError  # noqa: E402
 from oat.runs import METRICS  # noqa: E402
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
@@ -29,19 +31,16 @@ MARKERS = ("o", "s", "^", "D", "v")
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """A run's epoch records; a one-line error when there are none."""
-    path = Path(run_dir) / METRICS
-    if not path.is_file():
+    """A run's epoch records (:func:`oat.runs.read_metrics`: a torn last line is dropped, as
+    ``--resume`` drops it); a one-line error when there are none."""
+    if not (Path(run_dir) / METRICS).is_file():
         raise FileNotFoundError(f"{run_dir}: no {METRICS} (is it a training run directory?)")
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise ValueError(f"{path}: line {number} is not JSON") from None
+    try:
+        records = runs.read_metrics(run_dir)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from None
     if not records:
-        raise ValueError(f"{path} holds no epoch yet")
+        raise ValueError(f"{Path(run_dir) / METRICS} holds no epoch yet")
     return records
 
 

@@ -30,7 +30,7 @@ from oat.checkpoint import write_text_atomic
 from oat.passes import total, work
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
 from oat.mixture import is_mixture
-from oat.runs import CONFIG, EVAL_RESULT, is_conditioned
+from oat.runs import CONFIG, EVAL_RESULT, is_conditioned, read_result
 
 from .analytic import true_frontier_summary
 from .mixed import mixed_lines, read_interpolation, summarize_mixed
@@ -125,11 +125,8 @@ FRONTIER_ROW = ("name", "kind", "value", "lambda", "clean", "robust", "robust_wo
 
 def read_results(path: Path, point_keys: tuple[str, ...]) -> dict:
     """An eval.json or frontier.json, or a one-line ``ValueError`` naming the file and what is wrong."""
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("points"), list):
+    data = read_result(path)
+    if not isinstance(data.get("points"), list):
         raise ValueError(f"{path} holds no list of 'points'; is it an oat eval.json or frontier.json?")
     for index, point in enumerate(data["points"]):
         missing = [k for k in point_keys if k not in point] if isinstance(point, dict) else list(point_keys)

@@ -26,7 +26,7 @@ from pathlib import Path
 from oat import models
 from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
-from oat.runs import EVAL_RESULT
+from oat.runs import EVAL_RESULT, read_result
 
 from .tasks import Protocol, Task, run_tasks
 
@@ -196,7 +196,7 @@ def collect(out: Path, points: list[Point], protocol: Protocol) -> dict:
         if not path.exists():
             missing.append(point.name)
             continue
-        result = json.loads(path.read_text())
+        result = read_result(path)
         if result.get("protocol") != protocol.as_dict():
             missing.append(point.name)
             continue

@@ -16,7 +16,6 @@ trained once.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import queue
@@ -25,11 +24,11 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, check_config, check_eval, config_differences
 from oat.lock import RunLock
 from oat.mixture import is_mixture
-from oat.runs import CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, trained_config, trained_epochs
+from oat.runs import (CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, read_result, trained_config, trained_epochs,
+                      write_result)
 
 
 @dataclass(frozen=True)
@@ -90,8 +89,8 @@ def run_status(run_dir: Path, config: Config, protocol: Protocol, lambdas=None, 
     if not is_mixture(run_dir) and trained_epochs(run_dir) < config.train.epochs:
         return "resume"
     try:
-        stored = json.loads((run_dir / result).read_text())
-    except (OSError, json.JSONDecodeError):
+        stored = read_result(run_dir, result)
+    except (OSError, ValueError):
         return "evaluate"
     same_lambdas = lambdas is None or [p.get("lambda") for p in stored.get("points", [])] == list(lambdas)
     # An evaluation from before test subsets were fingerprinted cannot be matched: evaluate again.
@@ -175,7 +174,7 @@ def merge_results(parts: list[dict]) -> dict:
 
 
 def _write_result(task: Task, result: dict) -> None:
-    write_text_atomic(Path(task.run_dir) / task.result, json.dumps(result, indent=2) + "\n")
+    write_result(task.run_dir, result, task.result)
 
 
 def run_one(task: Task, retrain_stale: bool = False, wait: bool = True) -> str:

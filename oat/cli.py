@@ -104,11 +104,11 @@ def _check_eval_args(args) -> None:
 
 
 def cmd_eval(args) -> int:
-    from .checkpoint import write_text_atomic
     from .distributed import set_threads
     from .attacks.names import check_bounds
     from .evaluation import print_table
-    from .runs import EVAL_RESULT, check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval
+    from .runs import (check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval,
+                       write_result)
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
     _check_eval_args(args)
@@ -144,8 +144,7 @@ def cmd_eval(args) -> int:
                           show_progress=not args.quiet, splits=splits, cascade=cascade, split=split,
                           eps_sweep=eps_sweep)
     result["checkpoint"] = str(checkpoint)
-    out = Path(args.out) if args.out else checkpoint.parent / EVAL_RESULT
-    write_text_atomic(out, json.dumps(result, indent=2) + "\n")
+    out = write_result(checkpoint.parent, result, path=args.out)
     print_table(result)
     print(f"wrote {out}")
     return 0
@@ -153,15 +152,15 @@ def cmd_eval(args) -> int:
 
 def _read_eval(given: str) -> tuple[Path, dict]:
     """``--eval``: an eval.json, or a run directory holding one."""
-    from .runs import EVAL_RESULT
+    from .runs import EVAL_RESULT, read_result
 
     path = Path(given) / EVAL_RESULT if Path(given).is_dir() else Path(given)
     if not path.is_file():
         raise UserError(f"--eval {given}: " + (f"no {EVAL_RESULT} in this directory (write one with oat eval)"
                                                if Path(given).is_dir() else "no such file"))
     try:
-        return path, json.loads(path.read_text())
-    except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return path, read_result(path)
+    except ValueError as error:
         raise UserError(f"{path} is not an evaluation's JSON: {error}") from None
 
 
@@ -251,7 +250,7 @@ def cmd_export(args) -> int:
 def _plot_curves(args) -> int:
     """``oat plot --curves RUN...`` (training curves) or ``--eps-curve`` (RA against ε)."""
     from oat.frontier.curves import plot_robustness, plot_training
-    from .runs import EVAL_RESULT
+    from .runs import read_result
 
     if args.curves and args.eps_curve:
         raise UserError("--curves and --eps-curve draw different pictures: choose one")
@@ -262,10 +261,8 @@ def _plot_curves(args) -> int:
         else:
             results = []
             for item in args.dirs:
-                path = Path(item) / EVAL_RESULT if Path(item).is_dir() else Path(item)
-                if not path.is_file():
-                    raise FileNotFoundError(f"{item}: no {EVAL_RESULT}")
-                results.append((path.parent.name, json.loads(path.read_text())))
+                run_dir = Path(item) if Path(item).is_dir() else Path(item).parent
+                results.append((run_dir.name, read_result(item)))
             out = Path(args.out) if args.out else (first if first.is_dir() else first.parent) / "robustness_curve.png"
             paths = plot_robustness(results, out)
     except (FileNotFoundError, ValueError) as error:  # json.JSONDecodeError is a ValueError

@@ -1,11 +1,16 @@
 """The run directory: its file names, building a network from a saved spec, loading a trained
 run, and what a run directory says about itself (its config, epochs, whether it is conditioned).
 
-``trainer``, ``cli`` and ``oat.frontier`` name a run's files only through this module.
+This module is a run directory's one reader and writer: ``trainer``, ``cli`` and ``oat.frontier``
+name a run's files only through it, read its evaluations with :func:`read_result` and write them
+with :func:`write_result`, and read ``metrics.jsonl`` with :func:`metrics_lines` /
+:func:`read_metrics` under one policy: a torn last line (a run killed while appending) is dropped,
+a bad line anywhere else is damage.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import reprlib
 from pathlib import Path
@@ -15,7 +20,7 @@ import torch.nn as nn
 
 from oat import models
 
-from .checkpoint import EXPORT_FORMAT, CheckpointError, first_line, load_checkpoint
+from .checkpoint import EXPORT_FORMAT, CheckpointError, first_line, load_checkpoint, write_text_atomic
 from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
@@ -29,6 +34,61 @@ AUTOATTACK_RESULT = "eval_autoattack.json"  # a comparison's second protocol (oa
 RESULT_FILES = (EVAL_RESULT, AUTOATTACK_RESULT)
 MONITOR = "monitor.json"  # the overestimation monitor's summary (oat.monitor), rewritten at each validation
 RUN_FILES = (CHECKPOINT, CONFIG, METRICS, MONITOR, *RESULT_FILES)
+
+
+def read_result(path: str | Path, name: str = EVAL_RESULT) -> dict:
+    """An evaluation a run directory holds (``path`` a run directory, or the file itself), or a
+    one-line ``ValueError`` naming the file and what is wrong (``FileNotFoundError`` when missing)."""
+    path = Path(path)
+    path = path / name if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"no {path.name} at {path.parent} (write one with oat eval)")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an evaluation")
+    return data
+
+
+def write_result(run_dir: str | Path, result: dict, name: str = EVAL_RESULT, path: str | Path | None = None) -> Path:
+    """Write an evaluation into ``run_dir`` (or to ``path``), atomically; returns where it went."""
+    target = Path(path) if path is not None else Path(run_dir) / name
+    write_text_atomic(target, json.dumps(result, indent=2) + "\n")
+    return target
+
+
+def metrics_lines(run_dir: str | Path, upto_epoch: int | None = None) -> list[str]:
+    """The ``metrics.jsonl`` lines of epochs up to ``upto_epoch`` (all when None). A run killed while
+    appending leaves a torn last line: it is dropped (its epoch is retrained). A bad line elsewhere
+    is damage: a ``CheckpointError`` naming the line."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return []
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break
+            raise CheckpointError(f"{path}: line {number} is not JSON; the metrics log is damaged") from None
+        if upto_epoch is None or record.get("epoch", 0) <= upto_epoch:
+            kept.append(line)
+    return kept
+
+
+def read_metrics(run_dir: str | Path) -> list[dict]:
+    """A run's epoch records (:func:`metrics_lines`' policy)."""
+    return [json.loads(line) for line in metrics_lines(run_dir)]
+
+
+def append_metrics(run_dir: str | Path, record: dict) -> None:
+    """Append one epoch's record to ``metrics.jsonl``."""
+    with open(Path(run_dir) / METRICS, "a") as handle:
+        handle.write(json.dumps(record) + "\n")
 
 
 def checkpoint_file(path: str | Path) -> Path:

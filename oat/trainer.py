@@ -41,7 +41,7 @@ from .monitor import (GradientSignals, epoch_report, format_summary, noise_batch
 from .objectives import make_objective
 from .passes import KINDS, PassCounter, forward_macs
 from .progress import Progress, format_seconds
-from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, build_model
+from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, append_metrics, build_model, metrics_lines
 from .sampling import make_sampler
 from .schedules import lr_factor
 
@@ -250,25 +250,6 @@ def _parameter_groups(model: nn.Module, weight_decay: float, conditioning_weight
     own = [p for p in model.parameters() if id(p) in conditioning]
     return [{"params": rest, "weight_decay": weight_decay},
             {"params": own, "weight_decay": conditioning_weight_decay}]
-
-
-def _read_metrics(path: Path, upto_epoch: int) -> list[str]:
-    """The metrics lines of epochs up to ``upto_epoch``. A run killed while appending leaves a
-    truncated last line: it is dropped (its epoch is retrained). A bad line elsewhere is damage."""
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = []
-    for number, line in enumerate(lines, 1):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                break
-            raise CheckpointError(f"{path}: line {number} is not JSON; the metrics log is damaged") from None
-        if record.get("epoch", 0) <= upto_epoch:
-            kept.append(line)
-    return kept
 
 
 def resumed_config(state: dict, wanted: Config | None, out_dir: Path) -> Config:
@@ -495,7 +476,7 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
             run.step_module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=run.model.conditioned)
     # Every rank reads what the epochs done logged: the FOSC noise decides from the last of them.
-    kept = _read_metrics(out_dir / METRICS, run.start_epoch)
+    kept = metrics_lines(out_dir, run.start_epoch)
     run.history = [json.loads(line) for line in kept]
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -629,8 +610,7 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
     run.history.append(record)
     if not run.env.is_main:
         return
-    with open(run.out_dir / METRICS, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
+    append_metrics(run.out_dir, record)
     save_checkpoint({
         # SyncBatchNorm keeps BatchNorm's names, so this loads into the unsynced network.
         "model": run.model.state_dict(),

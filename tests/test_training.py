@@ -302,3 +302,24 @@ def test_conditioning_weight_decay_puts_every_film_parameter_in_a_group_of_its_o
     assert len(rest["params"]) + len(own["params"]) == len(list(net.parameters()))
     (single,) = _optimizer(from_dict({"optim": {"weight_decay": 5e-4}}), net).param_groups
     assert single["weight_decay"] == 5e-4 and len(single["params"]) == len(list(net.parameters()))
+
+
+def test_one_metrics_policy_for_resume_and_the_training_curves(tmp_path, capsys):
+    """A torn last line (a run killed while appending) is dropped by --resume and by oat plot
+    --curves alike; a bad line anywhere else is damage, named by both."""
+    from oat.runs import METRICS, read_metrics
+
+    out = tmp_path / "run"
+    trainer.train(tiny(epochs=2, steps=1), out, show_progress=False)
+    whole = (out / METRICS).read_text()
+    (out / METRICS).write_text(whole + '{"epoch": 3, "loss": 0.')
+    assert [r["epoch"] for r in read_metrics(out)] == [1, 2]
+    assert main(["plot", "--curves", str(out), "--out", str(tmp_path / "curves.png")]) == 0
+    assert (tmp_path / "curves.png").exists()
+    lines = whole.splitlines()
+    (out / METRICS).write_text(lines[0][:-5] + "\n" + lines[1] + "\n")
+    capsys.readouterr()
+    assert main(["plot", "--curves", str(out), "--out", str(tmp_path / "c2.png")]) == 2
+    assert f"{out / METRICS}: line 1 is not JSON" in capsys.readouterr().err
+    assert main(["train", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "line 1 is not JSON" in capsys.readouterr().err
