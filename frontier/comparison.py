@@ -27,15 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oat.config import Config, ConfigError, EvalConfig, check_eval, from_dict, read_yaml_mapping, set_key
-from oat.protocol import common_protocol
+from oat.protocol import Protocol, common_protocol
+from oat.runs import AUTOATTACK_RESULT, read_result
 
 from .mixed import read_interpolation, write_interpolation
 from .plot import plot
 from .report import find_results, write_report
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
-from oat.runs import AUTOATTACK_RESULT, read_result
-
-from .tasks import Protocol, Task, run_tasks
+from .tasks import Task, run_tasks
 
 
 @dataclass

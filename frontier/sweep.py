@@ -26,9 +26,10 @@ from pathlib import Path
 from oat import models
 from oat.checkpoint import write_text_atomic
 from oat.config import Config, ConfigError, EvalConfig, from_dict, load_config, read_yaml_mapping
+from oat.protocol import Protocol
 from oat.runs import EVAL_RESULT, read_result
 
-from .tasks import Protocol, Task, run_tasks
+from .tasks import Task, run_tasks
 
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.2, 0.3, 0.4, 1.0)
 DEFAULT_BETAS = (0.0, 1.0, 3.0, 6.0, 10.0)

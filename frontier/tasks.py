@@ -24,37 +24,12 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from oat.config import Config, ConfigError, EvalConfig, check_config, check_eval, config_differences
+from oat.config import Config, ConfigError, check_config, config_differences
 from oat.lock import RunLock
 from oat.mixture import is_mixture
+from oat.protocol import Protocol
 from oat.runs import (CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, read_result, trained_config, trained_epochs,
                       write_result)
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """How every model of a comparison is evaluated: same attacks, ε, subset and seed."""
-
-    attacks: tuple[str, ...]
-    eps: float | None
-    n: int | None
-    seed: int
-    batch_size: int | None = None
-    cascade: bool = False
-    split: str | None = None  # None: the validation split when the run carved one, else the test split
-
-    def as_dict(self) -> dict:
-        # "cascade" and "split" only when set: results evaluated before they existed stay current.
-        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
-                **({"cascade": True} if self.cascade else {}), **({"split": self.split} if self.split else {})}
-
-    @classmethod
-    def from_eval(cls, config: EvalConfig) -> "Protocol":
-        """The protocol an eval section asks for, checked before anything trains."""
-        check_eval(config)
-        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade,
-                   config.split)
-
 
 
 @dataclass(frozen=True)
@@ -153,9 +128,7 @@ def _evaluate(task: Task, lambdas: list[float]) -> dict:
 
     model, state = load_run(Path(task.run_dir))
     protocol = task.protocol
-    result = evaluate_run(model, state, lambdas, protocol.attacks, eps=protocol.eps, n=protocol.n,
-                          seed=protocol.seed, batch_size=protocol.batch_size, cascade=protocol.cascade,
-                          split=protocol.split)
+    result = evaluate_run(model, state, lambdas, protocol)
     result["checkpoint"] = str(checkpoint_file(task.run_dir))
     result["protocol"] = protocol.as_dict()
     return result

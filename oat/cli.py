@@ -107,6 +107,7 @@ def cmd_eval(args) -> int:
     from .distributed import set_threads
     from .attacks.names import check_bounds
     from .evaluation import print_table
+    from .protocol import Protocol
     from .runs import (check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval,
                        write_result)
 
@@ -117,31 +118,27 @@ def cmd_eval(args) -> int:
     # `oat plot RUN_DIR` looks for it, not beside the directory.
     checkpoint = checkpoint_file(args.checkpoint)
     model, state = load_run(checkpoint, args.device)
-    # Every setting a flag leaves open comes from the run's own eval section, as `oat frontier` does.
-    saved = saved_eval(state)
+    # The run's own eval section, as `oat frontier` reads it, with each flag given as an override.
+    protocol = Protocol.from_eval(saved_eval(state)).overridden(
+        attacks=[a for a in args.attacks.split(",") if a.strip()] if args.attacks else None, eps=args.eps,
+        n=args.n, seed=args.seed, batch_size=args.batch_size, cascade=True if args.cascade else None,
+        split=args.split)
     lambdas = lambdas or default_lambdas(state)
-    attacks = [a for a in args.attacks.split(",") if a.strip()] if args.attacks else saved.attacks
-    eps = args.eps if args.eps is not None else saved.eps if saved.eps is not None else state["eps"]
-    n = args.n if args.n is not None else saved.n
-    seed = args.seed if args.seed is not None else saved.seed
-    batch_size = args.batch_size if args.batch_size is not None else saved.batch_size
+    eps = protocol.eps if protocol.eps is not None else state["eps"]
     try:
         splits = run_data(state, args.data_root)
         check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the ε of {checkpoint}:")
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
-    cascade = args.cascade or saved.cascade
-    split = args.split or saved.split
     eps_sweep = _radii(args.eps_sweep) if args.eps_sweep is not None else None
     try:
         for value in eps_sweep or []:
             check_eps(value, splits.info, "--eps-sweep")
-        splits.split(split)
-        check_bounds(attacks, splits.info.bounds)
+        splits.split(protocol.split)
+        check_bounds(protocol.attacks, splits.info.bounds)
     except ValueError as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
-    result = evaluate_run(model, state, lambdas, attacks, eps=eps, n=n, seed=seed, batch_size=batch_size,
-                          show_progress=not args.quiet, splits=splits, cascade=cascade, split=split,
+    result = evaluate_run(model, state, lambdas, protocol, show_progress=not args.quiet, splits=splits,
                           eps_sweep=eps_sweep)
     result["checkpoint"] = str(checkpoint)
     out = write_result(checkpoint.parent, result, path=args.out)

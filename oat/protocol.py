@@ -1,21 +1,66 @@
 """The evaluation protocol: what must be equal for two robustness numbers to be comparable.
 
 An accuracy means little without how it was measured: on which data, at which radius, on which
-test examples, against which attacks. A comparison of models (``oat plot``, ``frontier.report``)
-is only fair when every model was measured the same way, so it checks the *measured* protocol of
-each evaluation result (what :func:`oat.evaluation.evaluate` actually did, not what a config
-asked for) and refuses a mismatch unless the caller explicitly allows it.
+test examples, against which attacks. Two sides of one idea live here:
+
+* :class:`Protocol`, the protocol *asked for*: a run's ``eval`` section, a comparison's (every
+  model of it is evaluated with one), ``oat eval``'s flags as overrides of the run's own
+  (:meth:`Protocol.overridden`) — one type for all three;
+* the protocol *measured*: a comparison of models (``oat plot``, ``frontier.report``) is only fair
+  when every model was measured the same way, so it checks the measured protocol of each
+  evaluation result (what :func:`oat.evaluation.evaluate` actually did, not what a config asked
+  for, :func:`protocol_of`) and refuses a mismatch unless the caller explicitly allows it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
+from dataclasses import dataclass
 
 import torch
 
 COMPARED = ("dataset", "split", "eps", "norm", "n", "subset", "attacks", "seed", "cascade")
 EPS_TOLERANCE = 1e-9  # relative: ε read back from JSON or given as 8/255 vs 0.0313725490196 is still one ε
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a model is evaluated: attacks, ε (None: the training ε), a fixed seeded subset of ``n``
+    examples (None: all), the attacks' seed, batch size (None: the device's default; the figures do
+    not depend on it), the cascade, and the split (None: the validation split when the run carved
+    one, else the test split)."""
+
+    attacks: tuple[str, ...]
+    eps: float | None = None
+    n: int | None = None
+    seed: int = 0
+    batch_size: int | None = None
+    cascade: bool = False
+    split: str | None = None
+
+    def as_dict(self) -> dict:
+        # "cascade" and "split" only when set: results evaluated before they existed stay current.
+        return {"attacks": list(self.attacks), "eps": self.eps, "n": self.n, "seed": self.seed,
+                **({"cascade": True} if self.cascade else {}), **({"split": self.split} if self.split else {})}
+
+    @classmethod
+    def from_eval(cls, config) -> "Protocol":
+        """The protocol an eval section (:class:`oat.config.EvalConfig`) asks for, checked first."""
+        from .config import check_eval
+
+        check_eval(config)
+        return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade,
+                   config.split)
+
+    def overridden(self, **values) -> "Protocol":
+        """This protocol with every field given a value other than None replaced (``oat eval``'s
+        flags over the run's own eval section)."""
+        chosen = {key: value for key, value in values.items() if value is not None}
+        if "attacks" in chosen:
+            chosen["attacks"] = tuple(chosen["attacks"])
+        return dataclasses.replace(self, **chosen)
 
 
 class ProtocolMismatch(ValueError):

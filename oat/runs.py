@@ -25,6 +25,7 @@ from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
 from .mixture import MIXTURE, is_mixture, load_mixture
+from .protocol import Protocol
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -281,19 +282,20 @@ def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None
         raise ValueError(f"{flag} {eps:g} is wider than {info.name}'s input range [{low:g}, {high:g}]")
 
 
-def evaluate_run(model: nn.Module, state: dict, lambdas, attacks, eps: float | None = None, n: int | None = None,
-                 seed: int = 0, batch_size: int | None = None, data_root: str | None = None,
-                 show_progress: bool = False, splits: datasets.Splits | None = None, cascade: bool = False,
-                 split: str | None = None, eps_sweep: list[float] | None = None) -> dict:
-    """Evaluate a loaded run on its own dataset (ε defaults to the training ε; ``split``: see
-    :func:`oat.evaluate`); the result is :func:`oat.evaluate`'s dict plus the run's training
-    seconds and epochs, and, given ``eps_sweep``, the robustness curve at those radii
+def evaluate_run(model: nn.Module, state: dict, lambdas, protocol: Protocol, data_root: str | None = None,
+                 show_progress: bool = False, splits: datasets.Splits | None = None,
+                 eps_sweep: list[float] | None = None) -> dict:
+    """Evaluate a loaded run on its own dataset with ``protocol`` (its ε None: the training ε; its
+    split: see :func:`oat.evaluate`); the result is :func:`oat.evaluate`'s dict plus the run's
+    training seconds and epochs, and, given ``eps_sweep``, the robustness curve at those radii
     (:func:`oat.evaluation.robustness_curve`, its flags added to the result's)."""
     splits = splits or run_data(state, data_root)
-    eps = state["eps"] if eps is None else eps
+    eps = state["eps"] if protocol.eps is None else protocol.eps
     for value in [eps, *(eps_sweep or [])]:
         check_eps(value, splits.info)
-    options = dict(n=n, seed=seed, batch_size=batch_size, show_progress=show_progress, cascade=cascade, split=split)
+    options = dict(n=protocol.n, seed=protocol.seed, batch_size=protocol.batch_size, show_progress=show_progress,
+                   cascade=protocol.cascade, split=protocol.split)
+    attacks = list(protocol.attacks)
     result = evaluate(model, splits, lambdas, attacks, eps=eps, **options)
     if eps_sweep:
         result["eps_sweep"] = robustness_curve(model, splits, lambdas, attacks, eps_sweep, **options)

@@ -202,7 +202,7 @@ def test_cpu_times_reads_this_machines_cores():
 def test_every_shipped_bench_config_builds_checked_models(path):
     from oat.frontier.comparison import load_comparison, model_configs
     from oat.frontier.sweep import make_points
-    from oat.frontier.tasks import Protocol
+    from oat.protocol import Protocol
     from oat.config import check_config
 
     oat, base, sweep = model_configs(load_comparison(path))

@@ -186,7 +186,8 @@ def test_a_run_lock_dies_with_its_holder(tmp_path):
 def test_an_oat_models_lambdas_are_evaluated_in_parallel_jobs_and_merged_exactly(tmp_path):
     """With two workers, an OAT model is trained by one job and evaluated by one job per λ; the
     merged eval.json holds exactly what one process evaluating every λ computes."""
-    from oat.frontier.tasks import Protocol, Task, _evaluate, run_tasks
+    from oat.frontier.tasks import Task, _evaluate, run_tasks
+    from oat.protocol import Protocol
     from oat.config import load_config
 
     config = load_config(ROOT / "configs" / "digits_oat.yaml", ["train.epochs=1", "attack.steps=1"])

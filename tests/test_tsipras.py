@@ -186,7 +186,7 @@ def test_vector_models_condition_through_film_alone():
 
 def test_the_comparison_evaluates_the_split_its_eval_section_names():
     from oat.config import ConfigError, EvalConfig
-    from oat.frontier.tasks import Protocol
+    from oat.protocol import Protocol
 
     assert Protocol.from_eval(EvalConfig(split="test")).as_dict()["split"] == "test"
     assert "split" not in Protocol.from_eval(EvalConfig()).as_dict()  # results from before it stay current

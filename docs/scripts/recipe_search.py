@@ -70,7 +70,8 @@ def candidate_task(out: Path, name: str, sets: list[str]):
     import yaml
 
     from oat.frontier.comparison import model_configs
-    from oat.frontier.tasks import Protocol, Task
+    from oat.frontier.tasks import Task
+    from oat.protocol import Protocol
 
     comparison = validation_comparison()
     overrides = {key: yaml.safe_load(value) for key, value in (s.split("=", 1) for s in sets)}
