@@ -33,7 +33,7 @@ from oat.attacks import PGD
 from oat.config import from_dict
 from oat.distributed import DistEnv
 from oat.progress import Progress
-from oat.sampling import make_sampler
+from oat.experiment import build
 from oat.trainer import _autocast, setup_training, train_one_epoch
 from _timing import timed  # noqa: E402  (bench/ is the script's folder)
 
@@ -54,9 +54,9 @@ def config_for(model: str, conditioned: bool, data: Path, device: torch.device, 
 
 def floor_epoch(run, epoch: int) -> None:
     """The necessary passes of one epoch, written out."""
-    cfg, device, model = run.config, run.device, run.model
-    sampler = make_sampler(cfg.lambdas.sampler, seed=epoch, **cfg.lambdas.params)
-    attack = PGD(run.exp.eps, alpha=run.exp.alpha, steps=cfg.attack.steps, best=False)
+    device, model = run.device, run.model
+    sampler = run.exp.new_sampler(seed=epoch)
+    attack = PGD(run.exp.eps, alpha=run.exp.alpha, steps=run.objective.attack.steps, best=False)
     order = torch.randperm(len(run.labels), generator=torch.Generator().manual_seed(epoch))
     model.train()
     for step in range(run.steps_per_epoch):
@@ -66,7 +66,7 @@ def floor_epoch(run, epoch: int) -> None:
         lam = sampler.sample(len(y)).to(device)
         attacked = (lam > 0).nonzero().squeeze(1)
         x_adv = attack(model, x[attacked], y[attacked], lam[attacked])
-        with _autocast(device, cfg.train.precision):
+        with _autocast(device, run.exp.loop.precision):
             clean = F.cross_entropy(model(x, lam), y, reduction="none")
             adv = F.cross_entropy(model(x_adv, lam[attacked]), y[attacked], reduction="none")
         loss = ((1 - lam) * clean).sum() + (lam[attacked] * adv).sum()
@@ -76,7 +76,8 @@ def floor_epoch(run, epoch: int) -> None:
 
 
 def compare(label: str, model: str, conditioned: bool, data: Path, out: Path, device, steps: int, repeats: int):
-    run = setup_training(from_dict(config_for(model, conditioned, data, device, steps)), out, None, device, DistEnv())
+    run = setup_training(build(from_dict(config_for(model, conditioned, data, device, steps))), out, None, device,
+                         DistEnv())
     quiet = Progress(1, enabled=False)
     sides = {"oat": lambda e: train_one_epoch(run, e, quiet), "floor": lambda e: floor_epoch(run, e)}
     for name, side in sides.items():  # warm-up

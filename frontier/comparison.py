@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oat.config import Config, ConfigError, EvalConfig, check_eval, from_dict, read_yaml_mapping, set_key
+from oat.config import Config, ConfigError, EvalConfig, from_dict, read_yaml_mapping, set_key
 from oat.protocol import Protocol, common_protocol
 from oat.runs import AUTOATTACK_RESULT, read_result
 
@@ -159,8 +159,7 @@ def _lambdas(values: list, key: str) -> tuple[float, ...]:
 def autoattack_tasks(stage: AutoAttackStage, tasks: list[Task], oat_lambdas: tuple[float, ...]) -> list[Task]:
     """The second evaluation: the standard AutoAttack on ``stage.n`` fixed examples."""
     evaluation = EvalConfig(attacks=["autoattack"], n=stage.n, seed=stage.seed)
-    check_eval(evaluation, "autoattack")
-    protocol = Protocol.from_eval(evaluation)
+    protocol = Protocol.from_eval(evaluation, "autoattack")
     by_name = {t.name: t for t in tasks}
     unknown = [m for m in stage.models if m not in by_name]
     if unknown:
@@ -201,7 +200,7 @@ def prepare_mixture(task: Task, stage: MixedEndsStage, tasks: list[Task]) -> Non
     between its members on the protocol's examples, once."""
     from oat.evaluation import subset_indices
     from oat.datasets import dataset_tensors, to_unit
-    from oat.mixture import write_mixture
+    from oat.runs import write_mixture
     from oat.runs import load_run, run_data
 
     by_name = {t.name: t for t in tasks}

@@ -17,7 +17,8 @@ import json
 from pathlib import Path
 
 from oat.checkpoint import write_text_atomic
-from oat.mixture import USABLE_BARRIER, interpolation_barrier, member_runs
+from oat.mixture import USABLE_BARRIER
+from oat.runs import interpolation_barrier_of_runs, member_runs
 from oat.passes import total, work
 
 from .pareto import hypervolume
@@ -87,7 +88,7 @@ def write_interpolation(mixture_dir: str | Path, x, y) -> dict:
     """Measure the weight-interpolation barrier between a mixture's members on (``x``, ``y``) and
     keep it beside the mixture (``interpolation.json``)."""
     accurate, robust = member_runs(mixture_dir)
-    result = interpolation_barrier(accurate, robust, x, y)
+    result = interpolation_barrier_of_runs(accurate, robust, x, y)
     write_text_atomic(Path(mixture_dir) / INTERPOLATION, json.dumps(result, indent=1) + "\n")
     return result
 

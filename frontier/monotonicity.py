@@ -16,7 +16,7 @@ import math
 
 from oat.bits import unpack_bits
 
-from .uncertainty import wilson_interval
+from oat.intervals import wilson_interval
 
 ALPHA = 0.05
 SA_RISES, RA_FALLS = "SA rises", "RA falls"

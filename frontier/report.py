@@ -27,17 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oat.checkpoint import write_text_atomic
+from oat.intervals import LEVEL, wilson_interval
 from oat.passes import total, work
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
-from oat.mixture import is_mixture
-from oat.runs import CONFIG, EVAL_RESULT, is_conditioned, read_result
+from oat.runs import CONFIG, EVAL_RESULT, is_conditioned, is_mixture, read_result
 
 from .analytic import true_frontier_summary
 from .mixed import mixed_lines, read_interpolation, summarize_mixed
 from .monotonicity import ALPHA, monotonicity
 from .pareto import gap, hypervolume, non_dominated
 from .sweep import FRONTIER_JSON
-from .uncertainty import LEVEL, RESAMPLES, bootstrap_ratio, wilson_interval
+from .uncertainty import RESAMPLES, bootstrap_ratio
 
 SUMMARY_JSON = "summary.json"
 REPORT_MD = "report.md"

@@ -24,12 +24,12 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from oat.config import Config, ConfigError, check_config, config_differences
+from oat.config import Config, ConfigError, config_differences
+from oat.experiment import check
 from oat.lock import RunLock
-from oat.mixture import is_mixture
 from oat.protocol import Protocol
-from oat.runs import (CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, read_result, trained_config, trained_epochs,
-                      write_result)
+from oat.runs import (CHECKPOINT, EVAL_RESULT, RUN_FILES, checkpoint_file, is_mixture, read_result, trained_config,
+                      trained_epochs, write_result)
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def check_tasks(tasks: list[Task], retrain_stale: bool = False) -> None:
     """Refuse, before anything trains, configs that cannot train and points trained under
     another config (unless ``retrain_stale``)."""
     for task in tasks:
-        check_config(task.config)
+        check(task.config)
     stale = [t for t in tasks if stale_keys(Path(t.run_dir), t.config)]
     if stale and not retrain_stale:
         raise ConfigError(_stale_message(stale[0], len(stale) - 1))
@@ -101,7 +101,7 @@ def check_tasks(tasks: list[Task], retrain_stale: bool = False) -> None:
 def _train_job(task: Task, retrain_stale: bool, wait: bool) -> str:
     """Train (or resume) the task's run under its lock; returns the status it found, or
     ``held by …`` when another process holds the lock and ``wait`` is False."""
-    from oat.trainer import train
+    from oat.experiment import train
 
     lock = RunLock(task.run_dir)
     if not lock.try_acquire():

@@ -1,5 +1,5 @@
-"""How sure the comparison is: binomial intervals for every accuracy, a bootstrap interval for the
-hypervolume ratio.
+"""How sure the comparison is: binomial intervals for every accuracy (:mod:`oat.intervals`), a
+bootstrap interval for the hypervolume ratio.
 
 Every accuracy is a fraction of a fixed test subset, so it carries sampling error. Each SA and RA
 gets its Wilson score 95% interval (Wilson 1927; well behaved near 0 and 1, unlike p ± 2σ). The
@@ -12,32 +12,14 @@ their ratio.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from oat.bits import unpack_bits
+from oat.intervals import LEVEL
 
 from .pareto import hypervolume
 
-LEVEL = 0.95
 RESAMPLES = 2000
-
-
-def wilson_interval(p: float, n: int, level: float = LEVEL) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``p`` measured on ``n`` examples."""
-    if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    z = _normal_quantile(0.5 + level / 2)
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
-def _normal_quantile(q: float) -> float:
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(q)
 
 
 def _flags(points: list[dict], n: int) -> tuple[np.ndarray, np.ndarray] | None:

@@ -20,8 +20,10 @@ from .lam import as_lambda  # noqa: E402
 from .network import FixedLambda, LambdaNetwork, fix_lambda, init_from_plain  # noqa: E402
 from .evaluation import evaluate  # noqa: E402
 from .deploy import LambdaServer, export  # noqa: E402
-from .runs import load  # noqa: E402
-from .mixture import MixedEnds, interpolate, interpolation_barrier, mix_ends  # noqa: E402
+from .mixture import MixedEnds  # noqa: E402
+from .runs import interpolate_runs as interpolate  # noqa: E402
+from .runs import interpolation_barrier_of_runs as interpolation_barrier  # noqa: E402
+from .runs import load, mix_ends  # noqa: E402
 
 __all__ = [
     "__version__",

@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
     from .config import load_config
     from .lock import RunLock
     from .runs import CONFIG
-    from .trainer import train
+    from .experiment import train
 
     if args.resume:
         if args.out is None:
@@ -108,8 +108,9 @@ def cmd_eval(args) -> int:
     from .attacks.names import check_bounds
     from .evaluation import print_table
     from .protocol import Protocol
-    from .runs import (check_eps, checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, saved_eval,
-                       write_result)
+    from .datasets import check_eps
+    from .config import saved_config
+    from .runs import checkpoint_file, default_lambdas, evaluate_run, load_run, run_data, write_result
 
     lambdas = _float_list(args.lambdas) if args.lambdas is not None else None
     _check_eval_args(args)
@@ -119,15 +120,16 @@ def cmd_eval(args) -> int:
     checkpoint = checkpoint_file(args.checkpoint)
     model, state = load_run(checkpoint, args.device)
     # The run's own eval section, as `oat frontier` reads it, with each flag given as an override.
-    protocol = Protocol.from_eval(saved_eval(state)).overridden(
+    saved = saved_config(state["config"]).eval
+    protocol = Protocol.from_eval(saved).overridden(
         attacks=[a for a in args.attacks.split(",") if a.strip()] if args.attacks else None, eps=args.eps,
         n=args.n, seed=args.seed, batch_size=args.batch_size, cascade=True if args.cascade else None,
         split=args.split)
-    lambdas = lambdas or default_lambdas(state)
+    lambdas = lambdas or default_lambdas(state, saved.lambdas)
     eps = protocol.eps if protocol.eps is not None else state["eps"]
     try:
         splits = run_data(state, args.data_root)
-        check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the ε of {checkpoint}:")
+        check_eps(eps, splits.info, "--eps" if args.eps is not None else f"the ε of {checkpoint},")
     except (FileNotFoundError, ValueError) as error:
         raise UserError(f"{checkpoint}: {str(error).splitlines()[0]}") from None
     eps_sweep = _radii(args.eps_sweep) if args.eps_sweep is not None else None
@@ -162,7 +164,7 @@ def _read_eval(given: str) -> tuple[Path, dict]:
 
 
 def cmd_pick(args) -> int:
-    from oat.frontier.pick import PickError, format_pick, goal, pick
+    from .pick import PickError, format_pick, goal, pick
 
     try:
         goal(args.min_clean, args.min_robust, args.maximize)  # the options first, before any file is read
@@ -246,7 +248,7 @@ def cmd_export(args) -> int:
 
 def _plot_curves(args) -> int:
     """``oat plot --curves RUN...`` (training curves) or ``--eps-curve`` (RA against ε)."""
-    from oat.frontier.curves import plot_robustness, plot_training
+    from .curves import plot_robustness, plot_training
     from .runs import read_result
 
     if args.curves and args.eps_curve:

@@ -251,29 +251,6 @@ _RANGES = {
 }
 
 
-def _choices() -> dict[str, tuple]:
-    """key: the names it may take (from the registries, so a new entry is allowed at once)."""
-    from oat import models
-
-    from . import datasets
-    from .datasets.base import AUGMENTATIONS
-    from .objectives import objective_names
-    from .sampling import sampler_names
-    from .schedules import SCHEDULES
-
-    return {
-        "data.name": tuple(datasets.names()),
-        "data.augment": (None, *AUGMENTATIONS),
-        "model.name": tuple(models.names()),
-        "objective.name": tuple(objective_names()),
-        "lambdas.sampler": tuple(sampler_names()),
-        "optim.name": ("sgd", "adam"),
-        "schedule.name": SCHEDULES,
-        "train.precision": ("fp32", "bf16", "fp16"),
-        "train.fosc_noise.source": ("train", "validation"),
-    }
-
-
 def _present(data: dict, key: str) -> bool:
     """Whether dotted ``key`` exists (an optional section set to null holds none of its keys)."""
     node = data
@@ -283,15 +260,9 @@ def _present(data: dict, key: str) -> bool:
 
 
 def _check_monitor(config: Config) -> None:
+    """The monitor's and the FOSC noise's schema (its attack names: :func:`oat.experiment.check`)."""
     validate = config.train.validate
     if validate is not None:
-        from .attacks.names import check_monitor_attacks
-
-        _check_attacks(validate.attacks, "train.validate.attacks")
-        try:
-            check_monitor_attacks([str(a) for a in validate.attacks])
-        except ValueError as error:
-            raise ConfigError(f"config key 'train.validate.attacks' {error}") from None
         for value in validate.lambdas or []:
             if not _finite(value) or not 0 <= value <= 1:
                 raise ConfigError(f"config key 'train.validate.lambdas' must hold λ values in [0, 1], got {value!r}")
@@ -304,6 +275,11 @@ def _check_monitor(config: Config) -> None:
             raise ConfigError("config key 'train.fosc_noise.source' is validation but train.validate is not set")
 
 
+def present(config: Config | dict, key: str) -> bool:
+    """Whether dotted ``key`` exists in a config (an optional section set to null holds none of its keys)."""
+    return _present(config.to_dict() if isinstance(config, Config) else config, key)
+
+
 def get_key(config: Config | dict, key: str) -> Any:
     """The value of dotted ``key`` (``section.name``) in a config or its dict."""
     node = config.to_dict() if isinstance(config, Config) else config
@@ -312,36 +288,21 @@ def get_key(config: Config | dict, key: str) -> Any:
     return node
 
 
-def check_config(config: Config) -> None:
-    """Refuse values that type-check but mean nothing (a negative momentum, an unknown schedule,
-    a milestone past the last epoch…) with a one-line ``ConfigError`` naming the key, the value
-    and what is allowed. Checks that need the dataset (ε against the input range, the class
-    count) happen when the data is loaded."""
+def check_schema(config: Config) -> None:
+    """Refuse values that type-check but mean nothing (a negative momentum, a milestone past the
+    last epoch…) with a one-line ``ConfigError`` naming the key, the value and what is allowed.
+    The checks that need other parts — names from the registries, a sampler's options, attack
+    names — are :func:`oat.experiment.check`'s, which calls this first."""
     data = config.to_dict()
     for key in _RANGES:
         if not key.startswith("eval.") and _present(data, key):
             _check_range(key, get_key(data, key))
-    for key, names in _choices().items():
-        if not _present(data, key):
-            continue
-        value = get_key(data, key)
-        if value not in names:
-            close = difflib.get_close_matches(str(value), [n for n in names if n], n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            shown = ", ".join("null" if n is None else str(n) for n in names)
-            raise ConfigError(f"config key '{key}' must be one of {shown}, got {value!r}{hint}")
     for milestone in config.schedule.milestones:
         if not _finite(milestone) or not 0 < milestone < config.train.epochs:
             raise ConfigError(f"config key 'schedule.milestones' must hold epochs between 0 and train.epochs = "
                               f"{config.train.epochs}, got {milestone!r}")
     check_eval(config.eval)
     _check_monitor(config)
-    _check_sampler(config)
-    if not config.model.conditioned and config.lambdas.sampler != "fixed":
-        raise ConfigError(
-            "a plain network (model.conditioned: false) is a dedicated baseline: set lambdas.sampler: fixed "
-            "and lambdas.params.value"
-        )
 
 
 # Keys that cannot change what training produces: where the data lives, the device, the thread
@@ -396,8 +357,8 @@ _UNSET = object()
 
 
 def check_eval(config: EvalConfig, section: str = "eval") -> None:
-    """The checks of :func:`check_config` for an evaluation section alone (a sweep's protocol),
-    so a bad attack name is refused before anything trains."""
+    """The schema checks of an evaluation section alone (a sweep's protocol); its attack names are
+    :meth:`oat.protocol.Protocol.from_eval`'s."""
     values = dataclasses.asdict(config)
     for key in _RANGES:
         if key.startswith("eval."):
@@ -405,34 +366,14 @@ def check_eval(config: EvalConfig, section: str = "eval") -> None:
     for value in config.lambdas or []:
         if not _finite(value) or not 0 <= value <= 1:
             raise ConfigError(f"config key '{section}.lambdas' must hold λ values in [0, 1], got {value!r}")
-    _check_attacks(config.attacks, f"{section}.attacks")
+    if not config.attacks:
+        raise ConfigError(f"config key '{section}.attacks' must name at least one attack")
 
 
 def _check_range(key: str, value: Any, shown: str | None = None) -> None:
     test, allowed = _RANGES[key]
     if not test(value):
         raise ConfigError(f"config key '{shown or key}' must be {allowed}, got {value!r}")
-
-
-def _check_attacks(names: list, key: str) -> None:
-    from .attacks.names import parse_attack
-
-    if not names:
-        raise ConfigError(f"config key '{key}' must name at least one attack")
-    for name in names:
-        try:
-            parse_attack(str(name))
-        except ValueError as error:
-            raise ConfigError(f"config key '{key}': {error}") from None
-
-
-def _check_sampler(config: Config) -> None:
-    from .sampling import make_sampler
-
-    try:
-        make_sampler(config.lambdas.sampler, seed=0, **config.lambdas.params)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"config key 'lambdas.params': {error}") from None
 
 
 # ---------------------------------------------------------------- YAML and overrides

@@ -2,7 +2,7 @@
 Overestimation and Instability in TRADES"): the validation monitor, its overestimation flag, the
 batch-level gradient signals, and the FOSC-noise remedy's trigger.
 
-* :func:`validate` evaluates the model on a fixed subset of the validation split carved from the
+* :meth:`Monitor.validate` evaluates the model on a fixed subset of the validation split carved from the
   training set (never the test set) — clean, PGD-10 and APGD by default — at a few λ, and
   measures the FOSC of the PGD iterate. A λ is **flagged** when PGD's robust accuracy exceeds the
   worst case with the APGD attacks by more than ``margin`` plus sampling noise
@@ -11,27 +11,30 @@ batch-level gradient signals, and the FOSC-noise remedy's trigger.
   per λ, at which epochs a flagged span began and whether it cleared (the paper's "self-healed").
 * :class:`GradientSignals` keeps each step's weight-gradient norm and the cosine similarity of
   consecutive steps' gradients, summarised per epoch with spikes counted.
-* :func:`noise_batches` decides whether the next epoch's first batches get Gaussian noise: when
-  the last epoch's FOSC (of the training attack, or of the last validation) exceeds a threshold.
+* :meth:`FoscNoise.batches_after` decides whether the next epoch's first batches get Gaussian noise:
+  when the last epoch's FOSC (of the training attack, or of the last validation) exceeds a threshold.
+
+The builder (:mod:`oat.experiment`) makes the :class:`Monitor` and the :class:`FoscNoise` from a
+config's ``train.validate`` and ``train.fosc_noise``; nothing here reads a config.
 """
 
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 
 import torch
 
-from .config import Config, ConfigError
 from .evaluation import evaluate
 from .masking import pgd_overestimations
 
 SPIKE_FACTOR = 3.0  # a step whose gradient norm exceeds this multiple of its epoch's median is a spike
 
 
-def validation_lambdas(config: Config, conditioned: bool, train_lambdas: list[float]) -> list[float]:
-    """The λ values the monitor watches: ``train.validate.lambdas``, else for an OAT model 0, the
-    training values' median (0.5 for a continuous sampler) and 1; for a dedicated model its λ."""
-    chosen = config.train.validate.lambdas
+def monitor_lambdas(chosen: list | None, conditioned: bool, train_lambdas: list[float]) -> list[float]:
+    """The λ values the monitor watches: ``chosen`` (``train.validate.lambdas``), else for an OAT
+    model 0, the training values' median (0.5 for a continuous sampler) and 1; for a dedicated model
+    its λ."""
     if chosen is not None:
         return [float(v) for v in chosen]
     if not conditioned:
@@ -40,21 +43,56 @@ def validation_lambdas(config: Config, conditioned: bool, train_lambdas: list[fl
     return sorted({0.0, float(middle), 1.0})
 
 
-def validate(model, splits, lambdas: list[float], config: Config, eps: float) -> dict:
-    """One validation: per λ, clean and robust accuracy under each attack, the FOSC of the PGD
-    iterate and the overestimation of the PGD attack's figure (a ``metrics.jsonl`` entry)."""
-    cfg = config.train.validate
-    result = evaluate(model, splits, lambdas, cfg.attacks, eps=eps, n=cfg.n, seed=cfg.seed, split="validation")
-    n, attacks = result["n"], result["attacks"]
-    points = []
-    for point in result["points"]:
-        gap = pgd_overestimations(point, n, cfg.margin)[0]  # the first PGD-family attack (one is required)
-        points.append({"lambda": point["lambda"], "clean": point["clean"], "robust": point["robust"],
-                       "robust_worst": point["robust_worst"], "fosc": point["checks"]["fosc"].get(gap["weak"]),
-                       "zero_gradient": point["checks"]["zero_gradient"], "overestimation": gap})
-    return {"split": result["split"], "n": n, "attacks": attacks, "points": points,
-            "flagged": [p["lambda"] for p in points if p["overestimation"]["flagged"]],
-            "seconds": result["seconds"]}
+@dataclass(frozen=True)
+class Monitor:
+    """A run's overestimation monitor, as the builder made it from ``train.validate``: which
+    attacks on how many validation examples (seed), at which λ, every how many epochs, and the
+    margin of its flag."""
+
+    attacks: tuple[str, ...]
+    lambdas: tuple[float, ...]
+    n: int = 500
+    seed: int = 0
+    every: int = 1
+    margin: float = 0.05
+
+    def due(self, epoch: int, epochs: int) -> bool:
+        """Whether it validates after ``epoch`` (0-based): every ``every`` epochs and the last."""
+        return (epoch + 1) % self.every == 0 or epoch + 1 == epochs
+
+    def validate(self, model, splits, eps: float) -> dict:
+        """One validation: per λ, clean and robust accuracy under each attack, the FOSC of the PGD
+        iterate and the overestimation of the PGD attack's figure (a ``metrics.jsonl`` entry)."""
+        result = evaluate(model, splits, list(self.lambdas), list(self.attacks), eps=eps, n=self.n, seed=self.seed,
+                          split="validation")
+        n, attacks = result["n"], result["attacks"]
+        points = []
+        for point in result["points"]:
+            gap = pgd_overestimations(point, n, self.margin)[0]  # the first PGD-family attack (one is required)
+            points.append({"lambda": point["lambda"], "clean": point["clean"], "robust": point["robust"],
+                           "robust_worst": point["robust_worst"], "fosc": point["checks"]["fosc"].get(gap["weak"]),
+                           "zero_gradient": point["checks"]["zero_gradient"], "overestimation": gap})
+        return {"split": result["split"], "n": n, "attacks": attacks, "points": points,
+                "flagged": [p["lambda"] for p in points if p["overestimation"]["flagged"]],
+                "seconds": result["seconds"]}
+
+
+@dataclass(frozen=True)
+class FoscNoise:
+    """The remedy of arXiv 2410.07675, as the builder made it from ``train.fosc_noise``: when the
+    watched FOSC (``source``: the training attack's, or the last validation's) exceeds
+    ``threshold``, the next epoch's first ``batches`` batches get N(0, σ²) on their inputs."""
+
+    threshold: float
+    sigma: float = 0.1
+    batches: int = 10
+    source: str = "train"
+
+    def batches_after(self, records: list[dict]) -> tuple[int, float | None]:
+        """How many of the next epoch's first batches get the noise (0 or ``batches``), and the
+        FOSC that decided it."""
+        value = last_fosc(records, self.source)
+        return (self.batches if value is not None and value > self.threshold else 0), value
 
 
 def format_validation(epoch: int, record: dict) -> list[str]:
@@ -70,9 +108,9 @@ def format_validation(epoch: int, record: dict) -> list[str]:
     return lines
 
 
-def epoch_report(config: Config, records: list[dict]) -> list[str]:
+def epoch_report(records: list[dict], noise: FoscNoise | None, epochs: int) -> list[str]:
     """The monitor's log lines after the last epoch of ``records``: its validation, each flag
-    raised or cleared there, and the FOSC noise decided for the next epoch."""
+    raised or cleared there, and the FOSC noise decided for the next epoch (of ``epochs``)."""
     lines, record = [], records[-1]
     epoch = record["epoch"]
     if record.get("validation"):
@@ -84,9 +122,8 @@ def epoch_report(config: Config, records: list[dict]) -> list[str]:
                 lines.append(f"overestimation: λ={point['lambda']:g} flagged from epoch {epoch} (PGD above APGD)")
             elif before and not point["flagged_at_end"]:
                 lines.append(f"overestimation: λ={point['lambda']:g} cleared at epoch {epoch} (self-healed)")
-    batches, value = noise_batches(config, records)
-    if batches and epoch < config.train.epochs:
-        noise = config.train.fosc_noise
+    batches, value = noise.batches_after(records) if noise is not None else (0, None)
+    if batches and epoch < epochs:
         lines.append(f"fosc_noise: FOSC {value:.4g} > {noise.threshold:g} ({noise.source}) after epoch {epoch}: "
                      f"noise σ={noise.sigma:g} on the first {batches} batches of epoch {epoch + 1}")
     return lines
@@ -187,13 +224,3 @@ def last_fosc(records: list[dict], source: str) -> float | None:
             values = [p["fosc"]["mean"] for p in validation["points"] if p.get("fosc")]
             return max(values) if values else None
     return None
-
-
-def noise_batches(config: Config, records: list[dict]) -> tuple[int, float | None]:
-    """How many of the next epoch's first batches get the FOSC noise (0 or ``batches``), and the
-    FOSC that decided it."""
-    cfg = config.train.fosc_noise
-    if cfg is None:
-        return 0, None
-    value = last_fosc(records, cfg.source)
-    return (cfg.batches if value is not None and value > cfg.threshold else 0), value

@@ -46,11 +46,13 @@ class Protocol:
                 **({"cascade": True} if self.cascade else {}), **({"split": self.split} if self.split else {})}
 
     @classmethod
-    def from_eval(cls, config) -> "Protocol":
-        """The protocol an eval section (:class:`oat.config.EvalConfig`) asks for, checked first."""
+    def from_eval(cls, config, section: str = "eval") -> "Protocol":
+        """The protocol an eval section (:class:`oat.config.EvalConfig`) asks for, checked first
+        (its schema, and its attack names: a one-line ``ConfigError`` naming ``section``)."""
         from .config import check_eval
 
-        check_eval(config)
+        check_eval(config, section)
+        check_attack_names(config.attacks, f"{section}.attacks")
         return cls(tuple(config.attacks), config.eps, config.n, config.seed, config.batch_size, config.cascade,
                    config.split)
 
@@ -61,6 +63,21 @@ class Protocol:
         if "attacks" in chosen:
             chosen["attacks"] = tuple(chosen["attacks"])
         return dataclasses.replace(self, **chosen)
+
+
+def check_attack_names(names, key: str) -> None:
+    """Every name in ``names`` is an attack oat knows (:mod:`oat.attacks.names`), or a one-line
+    ``ConfigError`` naming config key ``key``."""
+    from .attacks.names import parse_attack
+    from .config import ConfigError
+
+    if not names:
+        raise ConfigError(f"config key '{key}' must name at least one attack")
+    for name in names:
+        try:
+            parse_attack(str(name))
+        except ValueError as error:
+            raise ConfigError(f"config key '{key}': {error}") from None
 
 
 class ProtocolMismatch(ValueError):

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import reprlib
 from pathlib import Path
+
+import yaml
 
 import torch
 import torch.nn as nn
@@ -21,10 +24,10 @@ import torch.nn as nn
 from oat import models
 
 from .checkpoint import EXPORT_FORMAT, CheckpointError, first_line, load_checkpoint, write_text_atomic
-from .config import ConfigError, EvalConfig, read_yaml_mapping, saved_config
+from .config import ConfigError, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
-from .mixture import MIXTURE, is_mixture, load_mixture
+from .mixture import MIXTURE, MixedEnds, interpolate, interpolation_barrier
 from .protocol import Protocol
 
 CHECKPOINT = "checkpoint.pt"
@@ -102,7 +105,7 @@ def checkpoint_file(path: str | Path) -> Path:
 
 
 def build_model(spec: dict) -> nn.Module:
-    """The network a checkpoint's ``model_spec`` (:func:`oat.trainer.model_spec`) describes."""
+    """The network a checkpoint's ``model_spec`` (:func:`oat.experiment.model_spec`) describes."""
     return models.create(spec["name"], num_classes=spec["num_classes"], conditioned=spec["conditioned"],
                          input_shape=tuple(spec["input_shape"]), **spec["options"])
 
@@ -195,7 +198,7 @@ def _check_entries(state: dict, path: Path) -> None:
 
 
 def _check_spec(spec, path: Path) -> None:
-    """model_spec has the form :func:`oat.trainer.model_spec` writes, with sane values."""
+    """model_spec has the form :func:`oat.experiment.model_spec` writes, with sane values."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path}: model_spec {what}")
 
@@ -275,13 +278,6 @@ def run_data(state: dict, data_root: str | None = None) -> datasets.Splits:
         raise ValueError(f"the run's data (config key 'data' {data['name']!r}): {error}") from None
 
 
-def check_eps(eps: float, info: datasets.DatasetInfo, flag: str = "eps") -> None:
-    """ε wider than the input box means nothing (every input reaches every other)."""
-    if info.widest_eps is not None and eps > info.widest_eps:
-        low, high = info.bounds
-        raise ValueError(f"{flag} {eps:g} is wider than {info.name}'s input range [{low:g}, {high:g}]")
-
-
 def evaluate_run(model: nn.Module, state: dict, lambdas, protocol: Protocol, data_root: str | None = None,
                  show_progress: bool = False, splits: datasets.Splits | None = None,
                  eps_sweep: list[float] | None = None) -> dict:
@@ -292,7 +288,7 @@ def evaluate_run(model: nn.Module, state: dict, lambdas, protocol: Protocol, dat
     splits = splits or run_data(state, data_root)
     eps = state["eps"] if protocol.eps is None else protocol.eps
     for value in [eps, *(eps_sweep or [])]:
-        check_eps(value, splits.info)
+        datasets.check_eps(value, splits.info)
     options = dict(n=protocol.n, seed=protocol.seed, batch_size=protocol.batch_size, show_progress=show_progress,
                    cascade=protocol.cascade, split=protocol.split)
     attacks = list(protocol.attacks)
@@ -319,15 +315,9 @@ def _macs_per_example(state: dict) -> int | None:
     return macs if isinstance(macs, int) and not isinstance(macs, bool) and macs >= 0 else None
 
 
-def saved_eval(state: dict) -> EvalConfig:
-    """The run's own ``eval`` section (what ``oat eval`` uses where no flag says otherwise)."""
-    return saved_config(state["config"]).eval
-
-
-def default_lambdas(state: dict) -> list[float]:
-    """The run's ``eval.lambdas`` when set; else the training λ values plus unseen ones (a plain
-    network: its one training λ; a categorical encoding knows only its training values)."""
-    chosen = saved_eval(state).lambdas
+def default_lambdas(state: dict, chosen: list | None = None) -> list[float]:
+    """``chosen`` (the run's ``eval.lambdas``) when set; else the training λ values plus unseen ones
+    (a plain network: its one training λ; a categorical encoding knows only its training values)."""
     if chosen:
         return [float(v) for v in chosen]
     trained = [float(v) for v in state.get("train_lambdas", [])]
@@ -339,3 +329,86 @@ def default_lambdas(state: dict) -> list[float]:
     if spec["options"].get("encoding") == "categorical":
         return sorted(set(trained))
     return sorted(set(trained) | set(UNSEEN_LAMBDAS) | ({0.0, 1.0} if not trained else set()))
+
+
+# ---------------------------------------------------------------- mixtures of two runs (oat.mixture)
+def is_mixture(path: str | Path) -> bool:
+    """Whether ``path`` is a mixture directory (it holds ``mixture.yaml``) or that file itself."""
+    path = Path(path)
+    return (path / MIXTURE).is_file() if path.is_dir() else path.name == MIXTURE and path.is_file()
+
+
+def write_mixture(directory: str | Path, accurate_run: str | Path, robust_run: str | Path) -> Path:
+    """Write ``directory/mixture.yaml`` naming the two runs, relative to it."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    members = {"accurate": os.path.relpath(Path(accurate_run).resolve(), directory.resolve()),
+               "robust": os.path.relpath(Path(robust_run).resolve(), directory.resolve())}
+    path = directory / MIXTURE
+    write_text_atomic(path, yaml.safe_dump(members, sort_keys=False))
+    return path
+
+
+def member_runs(directory: str | Path) -> tuple[Path, Path]:
+    """The (accurate, robust) run directories a mixture directory names, or a one-line ValueError."""
+    directory = Path(directory)
+    spec = read_yaml_mapping(directory / MIXTURE, "mixture")
+    unknown = sorted(set(spec) - {"accurate", "robust"})
+    missing = [key for key in ("accurate", "robust") if not isinstance(spec.get(key), str)]
+    if unknown or missing:
+        raise ValueError(f"{directory / MIXTURE} must name two run directories, 'accurate' and 'robust'"
+                         + (f"; it lacks {', '.join(missing)}" if missing else "")
+                         + (f"; unknown key {', '.join(unknown)}" if unknown else ""))
+    return directory / spec["accurate"], directory / spec["robust"]
+
+
+def load_mixture(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MixedEnds, dict]:
+    """A mixture directory's model and a run state for evaluation: the accurate member's config
+    (data) and ε, both members' training cost summed (seconds, passes by kind; work per example
+    when the two networks cost the same), their epochs (the larger)."""
+    directory = Path(directory)
+    accurate_dir, robust_dir = member_runs(directory if directory.is_dir() else directory.parent)
+    accurate, first = load_run(accurate_dir, device)
+    robust, second = load_run(robust_dir, device)
+    if not math.isclose(float(first["eps"]), float(second["eps"])):
+        raise ValueError(f"the mixture's members were trained at different radii ({first['eps']:g} and "
+                         f"{second['eps']:g}); mix two models of one threat model")
+    if first["config"]["data"] != second["config"]["data"]:
+        raise ValueError("the mixture's members were trained on different data; mix two models of one task")
+    same_cost = first.get("macs_per_example") == second.get("macs_per_example")
+    state = {
+        "config": first["config"], "eps": first["eps"], "epoch": max(int(first["epoch"]), int(second["epoch"])),
+        "train_seconds": float(first["train_seconds"]) + float(second["train_seconds"]),
+        "passes": _summed(first.get("passes"), second.get("passes")),
+        "macs_per_example": first.get("macs_per_example") if same_cost else None,
+        "model_spec": {"mixture": {"accurate": str(accurate_dir), "robust": str(robust_dir)}},
+        "members": [str(accurate_dir), str(robust_dir)],
+    }
+    return MixedEnds(accurate, robust).to(device).eval(), state
+
+
+def _summed(first: dict | None, second: dict | None) -> dict | None:
+    if not first or not second:
+        return None
+    return {kind: int(first.get(kind, 0)) + int(second.get(kind, 0)) for kind in set(first) | set(second)}
+
+
+def mix_ends(accurate_run: str | Path, robust_run: str | Path, device: str | torch.device = "cpu") -> MixedEnds:
+    """The mixture of two trained runs (their run directories or checkpoints), in eval mode."""
+    accurate, _ = load_run(accurate_run, device)
+    robust, _ = load_run(robust_run, device)
+    return MixedEnds(accurate, robust).eval()
+
+
+def _network(run: str | Path | nn.Module) -> nn.Module:
+    return run if isinstance(run, nn.Module) else load_run(run)[0]
+
+
+def interpolate_runs(run_a: str | Path | nn.Module, run_b: str | Path | nn.Module, alpha: float) -> nn.Module:
+    """:func:`oat.mixture.interpolate` of two runs (run directories, checkpoints or networks)."""
+    return interpolate(_network(run_a), _network(run_b), alpha)
+
+
+def interpolation_barrier_of_runs(run_a, run_b, x: torch.Tensor, y: torch.Tensor, steps: int = 10) -> dict:
+    """:func:`oat.mixture.interpolation_barrier` of two runs (run directories, checkpoints or networks)."""
+    return interpolation_barrier(_network(run_a), _network(run_b), x, y, steps)

@@ -8,6 +8,7 @@ would have used, without carrying a scheduler object's hidden state.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 SCHEDULES = ("cosine", "multistep", "onecycle", "constant")
 
@@ -44,3 +45,20 @@ def lr_factor(
     if warmup_epochs > 0 and progress < warmup_epochs:
         factor *= progress / warmup_epochs
     return factor
+
+
+@dataclass(frozen=True)
+class LearningRate:
+    """The learning rate at any point of training: ``base`` times :func:`lr_factor` of the named
+    schedule over ``epochs`` (what the builder makes of a config's ``optim.lr`` and ``schedule``)."""
+
+    base: float
+    name: str
+    epochs: int
+    milestones: tuple = ()
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+
+    def __call__(self, epochs_done: float) -> float:
+        return self.base * lr_factor(self.name, epochs_done, self.epochs, self.milestones, self.gamma,
+                                     self.warmup_epochs)

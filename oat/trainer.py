@@ -2,8 +2,9 @@
 
 The same loop trains (a) an OAT model — a conditioned network, λ drawn per example — and (b) a
 dedicated baseline — a plain network with one fixed λ (PGD-AT family) or one fixed β (TRADES,
-λ = β/β_max). What differs is only configuration: the network's ``conditioned`` flag, the λ
-sampler, the objective family. Read it top to bottom in :func:`train`.
+λ = β/β_max). What differs is only the parts it is given: the network, the λ sampler, the
+objective. The loop receives them built (:class:`oat.experiment.Experiment`, from a config by
+:func:`oat.experiment.build`) and never reads a config. Read it top to bottom in :func:`run`.
 
 A run directory holds ``config.yaml`` (the resolved config), ``checkpoint.pt`` (written
 atomically after every epoch) and ``metrics.jsonl`` (one JSON line per epoch). All randomness
@@ -14,149 +15,77 @@ a run resumed from an epoch boundary continues exactly as the uninterrupted run 
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 from . import datasets
-from .attacks import TradesKL, fosc, reference_step_size
-from .attacks.base import eval_mode
-from .attacks.names import check_bounds
+from .attacks import TradesKL, fosc
 from .awp import AWP
-from .checkpoint import (CheckpointError, first_line, load_checkpoint, remove_orphans, save_checkpoint,
-                         write_text_atomic)
-from .conditioning import FiLM
-from .config import Config, ConfigError, check_config, config_differences, dump_config, saved_config
-from .distributed import (DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm, pick_device, set_threads,
-                          setup, teardown)
-from .monitor import (GradientSignals, epoch_report, format_summary, noise_batches, overestimation_summary, validate,
-                      validation_lambdas)
-from .objectives import make_objective
+from .checkpoint import CheckpointError, first_line, remove_orphans, save_checkpoint, write_text_atomic
+from .config import ConfigError
+from .distributed import DistEnv, all_reduce_sum, barrier, convert_sync_batchnorm
+from .monitor import FoscNoise, GradientSignals, Monitor, epoch_report, format_summary, overestimation_summary
 from .passes import KINDS, PassCounter, forward_macs
 from .progress import Progress, format_seconds
-from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, append_metrics, build_model, metrics_lines
-from .sampling import make_sampler
-from .schedules import lr_factor
+from .runs import CHECKPOINT, CONFIG, METRICS, MONITOR, append_metrics, metrics_lines
+from .schedules import LearningRate
 
 FOSC_EXAMPLES = 32  # FOSC is measured on this many attacked examples of a probed batch (one extra gradient)
 LOSS_CHECK_EVERY = 50  # steps between checks of the loss for NaN/∞ (each check waits for the device)
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+@dataclass(frozen=True)
+class Loop:
+    """The loop's own settings (``train``): epochs, batch, seed, precision, memory layout, gradient
+    clipping, how often the training attack's FOSC is probed, the augmentation."""
+
+    epochs: int
+    batch_size: int
+    seed: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
+    sync_bn: bool = False
+    grad_clip: float | None = None
+    fosc_every: int = 4
+    augment: str = "none"
 
 
 @dataclass
 class Experiment:
-    """Everything built from a config: data, model, objective, λ sampler, attack settings."""
+    """The parts of one training run, as :func:`oat.experiment.build` makes them from a config:
+    data, network (and its spec, to rebuild it), ε and the attack step, the training λ values, the
+    objective, a λ sampler factory (``new_sampler(seed)``), the optimiser, the learning rate, AWP,
+    the loop's settings, the monitor and the FOSC noise. ``record`` (the resolved config as a dict)
+    and ``config_text`` (as YAML) are written beside the run, opaque to the loop."""
 
-    config: Config
     splits: datasets.Splits
     model: nn.Module
+    model_spec: dict
     eps: float
     alpha: float
     train_lambdas: list[float]
-
-    @property
-    def model_spec(self) -> dict:
-        return model_spec(self.config, self.splits.info)
-
-
-def model_spec(config: Config, info: datasets.DatasetInfo) -> dict:
-    """The arguments that rebuild the network without the dataset (stored in checkpoints)."""
-    options = dict(config.model.options)
-    if config.model.conditioned and options.get("encoding") == "categorical":
-        options.setdefault("lambdas", training_lambdas(config))
-    options.setdefault("mean", list(info.mean))
-    options.setdefault("std", list(info.std))
-    return {
-        "name": config.model.name,
-        "num_classes": info.num_classes,
-        "conditioned": config.model.conditioned,
-        "input_shape": list(info.input_shape),
-        "options": options,
-    }
+    objective: object
+    new_sampler: Callable  # new_sampler(seed) -> a λ sampler with its own generator
+    optimizer: torch.optim.Optimizer
+    learning_rate: LearningRate
+    awp: AWP
+    loop: Loop
+    name: str
+    record: dict = field(default_factory=dict)
+    config_text: str = ""
+    monitor: Monitor | None = None
+    noise: FoscNoise | None = None
 
 
-def training_lambdas(config: Config) -> list[float]:
-    """The λ values the sampler draws from (a discrete set, its fixed value), or [] for a
-    continuous law: the sampler itself says (:attr:`oat.sampling.Sampler.discrete_values`)."""
-    try:
-        values = make_sampler(config.lambdas.sampler, seed=0, **config.lambdas.params).discrete_values
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"lambdas: {first_line(error)}") from None
-    return [] if values is None else list(values)
-
-
-def build(config: Config) -> Experiment:
-    """Load the data and build the network a config describes (no side effects on disk)."""
-    data = config.data
-    try:
-        splits = datasets.load(data.name, root=data.root, download=data.download, **data.options)
-    except FileNotFoundError as error:
-        raise ConfigError(str(error).splitlines()[0]) from None
-    except OSError as error:  # no network for data.download, an unreadable data.root …
-        raise ConfigError(f"data: cannot {'fetch' if data.download else 'read'} {data.name} into {data.root} "
-                          f"({first_line(error)})") from None
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"data: {first_line(error)}") from None
-    info = splits.info
-    eps = training_eps(config, info)
-    _check_classes(config, splits)
-    alpha = config.attack.alpha if config.attack.alpha is not None else reference_step_size(eps, config.attack.steps)
-    try:  # unknown options are refused before building; a value the network refuses is a ValueError
-        model = build_model(model_spec(config, info))
-    except ValueError as error:  # a TypeError from inside a constructor is a bug: it keeps its traceback
-        raise ConfigError(f"model: {error}") from None
-    _check_forward(model, info, config.model.options)
-    return Experiment(config, splits, model, eps, alpha, training_lambdas(config))
-
-
-def training_eps(config: Config, info: datasets.DatasetInfo) -> float:
-    """The training radius: ``attack.eps``, else the dataset's; refused when it could not mean
-    anything for this data (ε wider than the input box, or two keys saying different radii)."""
-    option = config.data.options.get("eps")
-    if option is not None and config.attack.eps is not None and float(option) != config.attack.eps:
-        raise ConfigError(f"config keys 'data.options.eps' ({option}) and 'attack.eps' ({config.attack.eps}) "
-                          "disagree; set the radius in one of them")
-    key = "attack.eps" if config.attack.eps is not None else ("data.options.eps" if option is not None else None)
-    eps = info.eps if config.attack.eps is None else config.attack.eps
-    if info.widest_eps is not None and eps > info.widest_eps:
-        low, high = info.bounds
-        raise ConfigError(f"config key '{key or 'attack.eps'}' must be at most {high - low:g}, the width of "
-                          f"{info.name}'s input range [{low:g}, {high:g}], got {eps:g}")
-    return eps
-
-
-def _check_classes(config: Config, splits: datasets.Splits) -> None:
-    info = splits.info
-    labels = getattr(splits.train, "labels", None)
-    present = sorted(set(labels.tolist())) if labels is not None else None
-    if info.num_classes < 2 or (present is not None and len(present) < 2):
-        found = f"only label {present[0]}" if present else f"{info.num_classes} class"
-        source = config.data.options.get("path")
-        raise ConfigError(f"data: the training split of {info.name}{f' ({source})' if source else ''} holds "
-                          f"{found}; a classifier needs at least two classes")
-
-
-def _check_forward(model: nn.Module, info: datasets.DatasetInfo, options: dict) -> None:
-    """One forward of two blank inputs: model options that build a network unable to process this
-    data (a zero width, an input size that does not match) are refused before training starts."""
-    try:
-        with torch.no_grad(), eval_mode(model):
-            model(torch.zeros(2, *info.input_shape), 0.0)
-    except RuntimeError as error:
-        if not options:  # the architecture as oat ships it failed: a bug, which keeps its traceback
-            raise
-        raise ConfigError(f"model: {type(model).__name__} with model.options {options} cannot process "
-                          f"{info.name}'s {tuple(info.input_shape)} inputs ({first_line(error)})") from None
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 def non_finite(*states: dict) -> list[str]:
@@ -230,92 +159,14 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
-    opt = config.optim
-    groups = _parameter_groups(model, opt.weight_decay, opt.conditioning_weight_decay)
-    if opt.name == "sgd":
-        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
-    if opt.name == "adam":
-        return torch.optim.AdamW(groups, lr=opt.lr)
-    raise ConfigError(f"config key 'optim.name' must be sgd or adam, got {opt.name!r}")
-
-
-def _parameter_groups(model: nn.Module, weight_decay: float, conditioning_weight_decay: float | None) -> list[dict]:
-    """The optimiser's parameter groups: one, or — given ``conditioning_weight_decay`` — the
-    λ-conditioning's own parameters (every FiLM MLP) apart from the rest, each with its decay."""
-    if conditioning_weight_decay is None:
-        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
-    conditioning = {id(p) for m in model.modules() if isinstance(m, FiLM) for p in m.parameters()}
-    rest = [p for p in model.parameters() if id(p) not in conditioning]
-    own = [p for p in model.parameters() if id(p) in conditioning]
-    return [{"params": rest, "weight_decay": weight_decay},
-            {"params": own, "weight_decay": conditioning_weight_decay}]
-
-
-def resumed_config(state: dict, wanted: Config | None, out_dir: Path) -> Config:
-    """The config a resumed run continues with: the saved one, or ``wanted`` when it differs from
-    it only in keys that cannot change the result (:data:`oat.config.RESULT_NEUTRAL`)."""
-    try:
-        saved = saved_config(state["config"])
-    except ConfigError as error:
-        raise CheckpointError(f"{out_dir / CHECKPOINT} holds a config this oat cannot read ({error})") from None
-    if wanted is None:
-        return saved
-    differences = config_differences(saved, wanted)
-    if differences:
-        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
-        raise ConfigError(f"{out_dir} was trained with another config ({'; '.join(differences[:3])}{more}); "
-                          "resume it unchanged, or train into another --out")
-    return wanted
-
-
-def train(config: Config | None, out_dir: str | Path, resume: bool = False, show_progress: bool = True) -> Path:
-    """Train as ``config`` says into ``out_dir``; returns the checkpoint path.
-
-    ``resume=True`` continues from ``out_dir/checkpoint.pt`` with its saved config; a ``config``
-    given with it must agree with the saved one on every key that changes the result (see
-    :func:`resumed_config`). Without ``resume``, an existing checkpoint in ``out_dir`` is an error
-    rather than something silently overwritten.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"the run directory {out_dir} is a file; choose another --out")
-    checkpoint_path = out_dir / CHECKPOINT
-    state = None
-    if resume:
-        if not checkpoint_path.exists():
-            raise ConfigError(f"--resume: no checkpoint to resume in {out_dir}")
-        state = load_checkpoint(checkpoint_path)
-        config = resumed_config(state, config, out_dir)
-    elif checkpoint_path.exists():
-        raise ConfigError(f"{out_dir} already holds a run; pass --resume to continue it or choose another --out")
-    check_config(config)
-    cfg = config.train
-
-    try:
-        device = pick_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
-    except ValueError as error:
-        raise ConfigError(f"config key 'train.device': {error}") from None
-    set_threads(cfg.threads)
-    env = setup(device)
-    try:
-        return _train(config, out_dir, state, device, env, show_progress)
-    finally:
-        teardown(env)
-
-
 @dataclass
 class TrainingRun:
     """What one training process holds from setup to its last epoch."""
 
-    config: Config
-    exp: Experiment
+    exp: Experiment  # the parts the builder made (oat.experiment)
     model: nn.Module  # the network itself (checkpoints, attacks, FOSC)
     step_module: nn.Module  # its loss step, wrapped for DistributedDataParallel when distributed
-    objective: object
-    optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
-    awp: AWP
     counter: PassCounter
     images: torch.Tensor
     labels: torch.Tensor
@@ -328,11 +179,18 @@ class TrainingRun:
     passes_before: dict = field(default_factory=lambda: dict.fromkeys(KINDS, 0))  # the run's, when resumed
     macs_per_example: int | None = None  # one forward of one example (oat.passes.forward_macs)
     history: list = field(default_factory=list)  # the metrics records of the epochs done (a resume's included)
-    validation_lambdas: list = field(default_factory=list)  # where the monitor watches (train.validate)
 
     @property
     def checkpoint_path(self) -> Path:
         return self.out_dir / CHECKPOINT
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.exp.optimizer
+
+    @property
+    def objective(self):
+        return self.exp.objective
 
 
 class EpochMetrics:
@@ -375,100 +233,75 @@ class EpochMetrics:
                 "fosc": fosc_sum / fosc_examples if fosc_examples > 0 else None}
 
 
-def _train(config: Config, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv,
-           show_progress: bool) -> Path:
-    run = setup_training(config, out_dir, state, device, env)
-    cfg = config.train
-    progress = Progress(cfg.epochs * run.steps_per_epoch, "train", enabled=show_progress and env.is_main,
+def run(exp: Experiment, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv,
+        show_progress: bool = True) -> Path:
+    """Train the parts ``exp`` into ``out_dir`` (continuing from a resumed ``state``); returns the
+    checkpoint path. Everything it needs is in ``exp``: it never reads a config."""
+    run = setup_training(exp, out_dir, state, device, env)
+    loop = exp.loop
+    progress = Progress(loop.epochs * run.steps_per_epoch, "train", enabled=show_progress and env.is_main,
                         start_done=run.start_epoch * run.steps_per_epoch)
     if env.is_main and show_progress:
-        info = run.exp.splits.info
-        progress.log(f"training {config.model.name} ({'OAT' if run.model.conditioned else 'dedicated'}) on "
-                     f"{info.name}: {len(run.labels)} examples, {cfg.epochs} epochs, ε={run.exp.eps:.4g}, "
+        info = exp.splits.info
+        progress.log(f"training {exp.name} ({'OAT' if run.model.conditioned else 'dedicated'}) on "
+                     f"{info.name}: {len(run.labels)} examples, {loop.epochs} epochs, ε={exp.eps:.4g}, "
                      f"device {device}{f', {env.world_size} processes' if env.enabled else ''}")
-    for epoch in range(run.start_epoch, cfg.epochs):
+    for epoch in range(run.start_epoch, loop.epochs):
         started = time.perf_counter()
         metrics = train_one_epoch(run, epoch, progress)
         seconds = time.perf_counter() - started
         run.train_seconds += seconds
         record = {"epoch": epoch + 1, **metrics, "lr": run.optimizer.param_groups[0]["lr"], "seconds": seconds,
                   "passes": _run_passes(run.passes_before, run.counter, env)}
-        if _validates(cfg, epoch):
+        if exp.monitor is not None and exp.monitor.due(epoch, loop.epochs):
             record["validation"] = _validate(run)
         _save_epoch(run, record, progress)
         barrier(env)
     run.counter.detach()
-    if cfg.validate is not None and env.is_main:
+    if exp.monitor is not None and env.is_main:
         progress.log(format_summary(overestimation_summary(run.history)))
     return run.checkpoint_path
-
-
-def _validates(cfg, epoch: int) -> bool:
-    """Whether the monitor validates after ``epoch`` (0-based): every ``every`` epochs and the last."""
-    return cfg.validate is not None and ((epoch + 1) % cfg.validate.every == 0 or epoch + 1 == cfg.epochs)
 
 
 def _validate(run: TrainingRun) -> dict:
     """The monitor's validation of the model as it stands (its passes are not training's)."""
     run.counter.detach()
     try:
-        return validate(run.model, run.exp.splits, run.validation_lambdas, run.config, run.exp.eps)
+        return run.exp.monitor.validate(run.model, run.exp.splits, run.exp.eps)
     finally:
         run.counter.attach(run.model)
 
 
-def setup_training(config: Config, out_dir: Path, state: dict | None, device: torch.device, env: DistEnv) -> TrainingRun:
-    """Seed, build, restore a resumed run's state, wrap for DDP and prepare the run directory."""
-    cfg = config.train
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.manual_seed(cfg.seed)
-    exp = build(config)
+def setup_training(exp: Experiment, out_dir: Path, state: dict | None, device: torch.device,
+                   env: DistEnv) -> TrainingRun:
+    """Place the parts on the device, restore a resumed run's state, wrap for DDP and prepare the
+    run directory."""
+    loop = exp.loop
     model = exp.model.to(device)
-    if cfg.channels_last and device.type == "cuda":
+    if loop.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    try:
-        objective = make_objective(config.objective.name, eps=exp.eps, alpha=exp.alpha, steps=config.attack.steps,
-                                   bounds=exp.splits.info.bounds, **config.objective.params)
-        make_sampler(config.lambdas.sampler, seed=cfg.seed, **config.lambdas.params)  # validate early
-    except (ValueError, TypeError) as error:
-        raise ConfigError(f"objective: {error}") from None
-    objective.attack.check_inputs = False  # the loop feeds it [0, 1] images; the check would wait for the device
-    optimizer = _optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=(cfg.precision == "fp16" and device.type == "cuda"))
+    exp.objective.attack.check_inputs = False  # the loop feeds it [0, 1] images; the check would wait for the device
+    scaler = torch.amp.GradScaler(device.type, enabled=(loop.precision == "fp16" and device.type == "cuda"))
     images, labels = datasets.dataset_tensors(exp.splits.train)
     if device.type == "cuda":  # the airbench way: the whole training set on the GPU (uint8: 47 MB for 60k×28×28)
         images, labels = images.to(device), labels.to(device)
-    if cfg.batch_size // env.world_size < 2:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} is too small for {env.world_size} processes")
-    steps_per_epoch = len(labels) // cfg.batch_size
+    if loop.batch_size // env.world_size < 2:
+        raise ConfigError(f"train.batch_size {loop.batch_size} is too small for {env.world_size} processes")
+    steps_per_epoch = len(labels) // loop.batch_size
     if steps_per_epoch < 1:
-        raise ConfigError(f"train.batch_size {cfg.batch_size} exceeds the {len(labels)} training examples")
-    if cfg.validate is not None and exp.splits.validation is None:
-        raise ConfigError("train.validate watches a validation split carved from the training set (never the test "
-                          "set): set data.options.validation_size, e.g. 1000")
-    if cfg.validate is not None:
-        try:
-            check_bounds(cfg.validate.attacks, exp.splits.info.bounds)
-        except ValueError as error:
-            raise ConfigError(f"config key 'train.validate.attacks': {error}") from None
-    run = TrainingRun(config, exp, model, _LossStep(model, objective), objective, optimizer, scaler,
-               AWP(cfg.awp.gamma, cfg.awp.warmup_epochs), PassCounter(), images, labels, steps_per_epoch,
-               device, env, out_dir)
-    if cfg.validate is not None:
-        run.validation_lambdas = validation_lambdas(config, model.conditioned, exp.train_lambdas)
+        raise ConfigError(f"train.batch_size {loop.batch_size} exceeds the {len(labels)} training examples")
+    run = TrainingRun(exp, model, _LossStep(model, exp.objective), scaler, PassCounter(), images, labels,
+                      steps_per_epoch, device, env, out_dir)
     if state is not None:
         _restore(run, state)
     # Measured before the counter attaches (its forward is no training pass); a categorical
     # encoding knows only the training λ, the largest of which costs what any λ does.
     run.macs_per_example = forward_macs(model, exp.splits.info.input_shape, lam=max(exp.train_lambdas, default=0.5))
-    if cfg.sync_bn and env.enabled:
+    if loop.sync_bn and env.enabled:
         if device.type != "cuda":
             raise ConfigError("train.sync_bn needs CUDA devices (SyncBatchNorm has no CPU implementation)")
         run.model = convert_sync_batchnorm(run.model)
-        run.step_module = _LossStep(run.model, objective)
+        run.step_module = _LossStep(run.model, exp.objective)
     run.counter.attach(run.model)  # this process's passes from here on
     if env.enabled:
         # find_unused_parameters: a rank whose batch has no λ = 0 example leaves its clean BNs unused.
@@ -481,7 +314,7 @@ def setup_training(config: Config, out_dir: Path, state: dict | None, device: to
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         remove_orphans(out_dir)  # temporaries of a write that was killed
-        write_text_atomic(out_dir / CONFIG, dump_config(config))
+        write_text_atomic(out_dir / CONFIG, exp.config_text)
         write_text_atomic(out_dir / METRICS, "".join(line + "\n" for line in kept))
     return run
 
@@ -526,35 +359,33 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
     Every step: slice the batch, augment, draw λ, attack, loss, backward, clip, update. Nothing
     in a step waits for the device; the loss is checked for NaN/∞ every ``LOSS_CHECK_EVERY`` steps
     and at the epoch's end (the weights are checked too before anything is saved)."""
-    config, cfg, env, device = run.config, run.config.train, run.env, run.device
-    torch.manual_seed(_seed_for(cfg.seed, epoch, env.rank, 0))  # attack starts, dropout
-    data_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, 0, 1))  # same order on every rank
-    aug_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, env.rank, 2))
-    sampler = make_sampler(config.lambdas.sampler, seed=_seed_for(cfg.seed, epoch, env.rank, 3),
-                           **config.lambdas.params)
+    exp, loop, env, device = run.exp, run.exp.loop, run.env, run.device
+    torch.manual_seed(_seed_for(loop.seed, epoch, env.rank, 0))  # attack starts, dropout
+    data_gen = torch.Generator().manual_seed(_seed_for(loop.seed, epoch, 0, 1))  # same order on every rank
+    aug_gen = torch.Generator().manual_seed(_seed_for(loop.seed, epoch, env.rank, 2))
+    sampler = exp.new_sampler(seed=_seed_for(loop.seed, epoch, env.rank, 3))
     order = torch.randperm(len(run.labels), generator=data_gen)
-    augment_kind = config.data.augment or run.exp.splits.info.augment
     fosc_loss = "kl" if isinstance(run.objective.attack, TradesKL) else "ce"
     metrics = EpochMetrics(device)
     signals = GradientSignals()
-    noised, _ = noise_batches(config, run.history)
-    noise_gen = torch.Generator().manual_seed(_seed_for(cfg.seed, epoch, env.rank, 4))
+    noised = exp.noise.batches_after(run.history)[0] if exp.noise is not None else 0
+    noise_gen = torch.Generator().manual_seed(_seed_for(loop.seed, epoch, env.rank, 4))
     run.model.train()
     for step in range(run.steps_per_epoch):
         _set_lr(run, (epoch * run.steps_per_epoch + step) / run.steps_per_epoch)
-        index = order[step * cfg.batch_size:(step + 1) * cfg.batch_size][env.rank::env.world_size]
+        index = order[step * loop.batch_size:(step + 1) * loop.batch_size][env.rank::env.world_size]
         index = index.to(run.images.device, non_blocking=True)
-        x = augment(datasets.to_unit(run.images[index].to(device, non_blocking=True)), augment_kind, aug_gen)
+        x = augment(datasets.to_unit(run.images[index].to(device, non_blocking=True)), loop.augment, aug_gen)
         y = run.labels[index].to(device, non_blocking=True)
         if step < noised:  # the FOSC noise (arXiv 2410.07675): before the attack, inside the input box
-            x = _gaussian_noise(x, cfg.fosc_noise.sigma, noise_gen, run.exp.splits.info.bounds)
-        if cfg.channels_last and device.type == "cuda":
+            x = _gaussian_noise(x, exp.noise.sigma, noise_gen, exp.splits.info.bounds)
+        if loop.channels_last and device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         lam = sampler.sample(x.shape[0])  # stays on the CPU: routing and attack selection need no sync
 
         batch = run.objective.generate(run.model, x, y, lam)
-        with run.awp.perturbed(run.model, lambda: run.objective.loss(run.model, batch).loss.mean(), epoch):
-            with _autocast(device, cfg.precision):
+        with exp.awp.perturbed(run.model, lambda: run.objective.loss(run.model, batch).loss.mean(), epoch):
+            with _autocast(device, loop.precision):
                 out = run.step_module(batch)
             loss = out.loss.float().mean()
             run.optimizer.zero_grad(set_to_none=True)
@@ -562,19 +393,19 @@ def train_one_epoch(run: TrainingRun, epoch: int, progress: Progress) -> dict:
         if run.scaler.is_enabled():
             run.scaler.unscale_(run.optimizer)  # the gradient signals and the clip read true gradients
         signals.add(run.model.parameters())
-        if cfg.grad_clip:
-            nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+        if loop.grad_clip:
+            nn.utils.clip_grad_norm_(run.model.parameters(), loop.grad_clip)
         run.scaler.step(run.optimizer)
         run.scaler.update()
 
         metrics.add_step(step, loss, out, x.shape[0])
-        if out.n_adv and step % cfg.fosc_every == 0:
+        if out.n_adv and step % loop.fosc_every == 0:
             pick = batch.index[:FOSC_EXAMPLES]
             metrics.add_fosc(fosc(run.model, x[pick], batch.x_adv[:FOSC_EXAMPLES], y[pick],
                                   batch.routing_lam_adv()[:FOSC_EXAMPLES], run.exp.eps, loss=fosc_loss))
         if (step + 1) % LOSS_CHECK_EVERY == 0:
             _check_loss(run, metrics, epoch)
-        progress.update(epoch * run.steps_per_epoch + step + 1, f"epoch {epoch + 1}/{cfg.epochs}")
+        progress.update(epoch * run.steps_per_epoch + step + 1, f"epoch {epoch + 1}/{loop.epochs}")
     _check_loss(run, metrics, epoch)
     return {**metrics.read(env), **signals.summary(), **({"fosc_noise_batches": noised} if noised else {})}
 
@@ -586,11 +417,9 @@ def _gaussian_noise(x: torch.Tensor, sigma: float, generator: torch.Generator, b
 
 
 def _set_lr(run: TrainingRun, epochs_done: float) -> None:
-    config = run.config
-    factor = lr_factor(config.schedule.name, epochs_done, config.train.epochs, config.schedule.milestones,
-                       config.schedule.gamma, config.schedule.warmup_epochs)
+    lr = run.exp.learning_rate(epochs_done)
     for group in run.optimizer.param_groups:
-        group["lr"] = config.optim.lr * factor
+        group["lr"] = lr
 
 
 def _check_loss(run: TrainingRun, metrics: EpochMetrics, epoch: int) -> None:
@@ -620,19 +449,19 @@ def _save_epoch(run: TrainingRun, record: dict, progress: Progress) -> None:
         "train_seconds": run.train_seconds,
         "passes": record["passes"],
         "macs_per_example": run.macs_per_example,
-        "config": run.config.to_dict(),
+        "config": run.exp.record,
         "model_spec": run.exp.model_spec,
         "train_lambdas": run.exp.train_lambdas,
         "eps": run.exp.eps,
     }, run.checkpoint_path)
     adv = "-" if record["adv_acc"] is None else f"{record['adv_acc']:.3f}"
     fosc_text = "-" if record["fosc"] is None else f"{record['fosc']:.4g}"
-    progress.log(f"epoch {epoch}/{run.config.train.epochs}  loss {record['loss']:.4f}  clean {record['clean_acc']:.3f}"
+    progress.log(f"epoch {epoch}/{run.exp.loop.epochs}  loss {record['loss']:.4f}  clean {record['clean_acc']:.3f}"
                  f"  adv {adv}  lr {record['lr']:.4g}  fosc {fosc_text}  {record['seconds']:.1f}s"
                  f"  (eta {format_seconds(progress.eta())})")
     if "validation" in record:
         write_text_atomic(run.out_dir / MONITOR, json.dumps(overestimation_summary(run.history), indent=2) + "\n")
-    for line in epoch_report(run.config, run.history):
+    for line in epoch_report(run.history, run.exp.noise, run.exp.loop.epochs):
         progress.log(line)
 
 

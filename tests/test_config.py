@@ -77,7 +77,7 @@ def test_every_shipped_config_builds_its_model_objective_and_sampler(path):
     from oat import models
     from oat.objectives import make_objective
     from oat.sampling import make_sampler
-    from oat.config import check_config
+    from oat.experiment import check as check_config
 
     config = load_config(path)
     check_config(config)
@@ -116,7 +116,8 @@ def test_every_shipped_sweep_config_loads_with_its_base(path):
     ("schedule.milestones", [10], "between 0 and train.epochs = 10"),
 ])
 def test_values_that_type_check_but_mean_nothing_are_refused(key, value, allowed):
-    from oat.config import check_config, set_key
+    from oat.config import set_key
+    from oat.experiment import check as check_config
 
     data = {}
     set_key(data, key, value)
@@ -127,7 +128,7 @@ def test_values_that_type_check_but_mean_nothing_are_refused(key, value, allowed
 
 
 def test_every_shipped_config_passes_the_checks():
-    from oat.config import check_config
+    from oat.experiment import check as check_config
 
     for path in CONFIGS:
         check_config(load_config(path))
@@ -203,7 +204,7 @@ def test_every_shipped_bench_config_builds_checked_models(path):
     from oat.frontier.comparison import load_comparison, model_configs
     from oat.frontier.sweep import make_points
     from oat.protocol import Protocol
-    from oat.config import check_config
+    from oat.experiment import check as check_config
 
     oat, base, sweep = model_configs(load_comparison(path))
     for config in (oat, base, *(p.config for p in make_points(sweep, base))):

@@ -14,6 +14,7 @@ from oat.config import from_dict
 from oat.distributed import DistEnv
 from oat.objectives import make_objective
 from oat.progress import Progress
+from oat.experiment import build
 from oat.trainer import setup_training, train_one_epoch
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -70,8 +71,8 @@ def test_a_cuda_training_epoch_never_synchronises_with_the_host(tmp_path, condit
     config = from_dict({"data": {"name": "npz", "options": {"path": str(data), "test_fraction": 0.5, "eps": 0.1}},
                         "model": {"name": "small_cnn", "conditioned": conditioned}, "attack": {"steps": 3},
                         "lambdas": lambdas, "train": {"epochs": 1, "batch_size": 64, "device": "cuda"}})
-    run = setup_training(config, tmp_path / "run", None, torch.device("cuda"), DistEnv())
-    run.config.train.fosc_every = 1
+    config.train.fosc_every = 1
+    run = setup_training(build(config), tmp_path / "run", None, torch.device("cuda"), DistEnv())
     train_one_epoch(run, 0, Progress(1, enabled=False))  # warm-up: allocator, cuDNN autotuning
     torch.cuda.synchronize()
     steps = run.steps_per_epoch

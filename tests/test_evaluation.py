@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from oat import models
 import oat
+from oat import experiment, models
 from oat.attacks import APGD, CW, PGD, autoattack
 from oat.datasets.base import dataset_tensors, to_unit
 from oat.passes import PassCounter
@@ -164,14 +164,14 @@ def test_the_training_loop_hands_its_attack_the_datasets_box(tmp_path, monkeypat
     from oat.config import from_dict
     from oat.distributed import DistEnv
 
-    load = trainer.datasets.load
+    load = experiment.datasets.load
 
     def wide(*args, **kwargs):
         splits = load(*args, **kwargs)
         return dataclasses.replace(splits, info=dataclasses.replace(splits.info, bounds=(-1.0, 2.0)))
 
-    monkeypatch.setattr(trainer.datasets, "load", wide)
+    monkeypatch.setattr(experiment.datasets, "load", wide)
     config = from_dict({"data": {"name": "digits"}, "model": {"name": "small_cnn", "options": {"channels": [4, 8]}},
                         "train": {"epochs": 1, "batch_size": 64}})
-    run = trainer.setup_training(config, tmp_path / "run", None, torch.device("cpu"), DistEnv())
+    run = trainer.setup_training(experiment.build(config), tmp_path / "run", None, torch.device("cpu"), DistEnv())
     assert run.objective.attack.bounds == (-1.0, 2.0)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import oat
-from oat import datasets
+from oat import datasets, experiment
 from oat.attacks import Square
 from oat.evaluation import robustness_curve
 from oat.masking import curve_flags, point_flags
@@ -128,7 +128,7 @@ def test_oat_eval_sweeps_eps_reads_the_test_split_on_request_and_plots_the_curve
     out = tmp_path / "run"
     config = load_config(ROOT / "configs" / "digits_oat.yaml",
                          ["train.epochs=1", "attack.steps=1", "data.options.validation_size=100"])
-    trainer.train(config, out, show_progress=False)
+    experiment.train(config, out, show_progress=False)
 
     def oat_cli(*args):
         return subprocess.run([sys.executable, "-m", "oat", *args], capture_output=True, text=True, cwd=ROOT,

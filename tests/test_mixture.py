@@ -11,7 +11,8 @@ import oat
 from oat import models
 from oat.attacks import PGD
 from oat.cli import main
-from oat.mixture import MixedEnds, interpolate, interpolation_barrier, member_runs, write_mixture
+from oat.mixture import MixedEnds, interpolate, interpolation_barrier
+from oat.runs import member_runs, write_mixture
 
 torchattacks = pytest.importorskip("torchattacks")  # in the test extras
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from oat import datasets, trainer
-from oat.config import ConfigError, check_config, load_config
+from oat import datasets, experiment, trainer
+from oat.config import ConfigError, load_config
+from oat.experiment import check as check_config
 from oat.masking import overestimation
-from oat.monitor import (GradientSignals, epoch_report, last_fosc, noise_batches, overestimation_summary, validate,
-                         validation_lambdas)
+from oat.monitor import FoscNoise, GradientSignals, epoch_report, last_fosc, monitor_lambdas, overestimation_summary
 
 from conftest import Saturated
 
@@ -60,19 +60,22 @@ def test_the_summary_says_where_a_flag_began_and_whether_it_self_healed():
 
 
 def test_validation_lambdas_default_to_both_ends_and_the_training_median():
-    config = load_config(DIGITS, ["train.validate.n=10"])
-    assert validation_lambdas(config, True, [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]) == [0.0, 0.25, 1.0]
-    assert validation_lambdas(config, True, []) == [0.0, 0.5, 1.0]
-    assert validation_lambdas(config, False, [0.3]) == [0.3]
-    assert validation_lambdas(load_config(DIGITS, ["train.validate.lambdas=[0.7]"]), True, [0.0]) == [0.7]
+    assert monitor_lambdas(None, True, [0.0, 0.1, 0.2, 0.3, 0.4, 1.0]) == [0.0, 0.25, 1.0]
+    assert monitor_lambdas(None, True, []) == [0.0, 0.5, 1.0]
+    assert monitor_lambdas(None, False, [0.3]) == [0.3]
+    assert monitor_lambdas([0.7], True, [0.0]) == [0.7]
+    config = load_config(DIGITS, ["train.validate.lambdas=[0.7]", "data.options={validation_size: 100}"])
+    assert experiment.build(config).monitor.lambdas == (0.7,)  # the builder reads the config's choice
 
 
 # ---------------------------------------------------------------- a synthetic masked model
 def test_the_flag_catches_a_model_whose_logits_saturate(plain_digits_net):
     net, splits = plain_digits_net
     config = load_config(DIGITS, ["train.validate.n=100", "train.validate.attacks=[pgd-10, apgd-ce, apgd-dlr]"])
-    honest = validate(net, splits, [0.0], config, eps=0.1)
-    masked = validate(Saturated(net, 1000.0), splits, [0.0], config, eps=0.1)
+    monitor = experiment.monitor(config, False, [0.0], splits)
+    assert monitor.lambdas == (0.0,) and monitor.n == 100
+    honest = monitor.validate(net, splits, eps=0.1)
+    masked = monitor.validate(Saturated(net, 1000.0), splits, eps=0.1)
     assert honest["split"] == "validation" and masked["n"] == 100
     gap = honest["points"][0]["overestimation"]  # a few points of PGD's usual shortfall, within the threshold
     assert honest["flagged"] == [] and gap["gap"] <= 0.08 and gap["gap"] < gap["threshold"]
@@ -105,7 +108,7 @@ def test_gradient_signals_are_the_norms_and_consecutive_cosines_with_spikes_coun
 # ---------------------------------------------------------------- the monitor in training
 def test_a_monitored_run_logs_validations_and_the_summary(tmp_path, capsys):
     out = tmp_path / "run"
-    trainer.train(monitored(epochs=3, **{"train.validate.every": 2}), out, show_progress=True)
+    experiment.train(monitored(epochs=3, **{"train.validate.every": 2}), out, show_progress=True)
     records = _records(out)
     assert [("validation" in r) for r in records] == [False, True, True]  # every 2 epochs, and the last
     validation = records[1]["validation"]
@@ -120,7 +123,7 @@ def test_a_monitored_run_logs_validations_and_the_summary(tmp_path, capsys):
     summary = json.loads((out / "monitor.json").read_text())
     assert summary["last_validation"] == 3
     # The monitor's attacks are not training's cost: the same run unwatched counts the same passes.
-    trainer.train(monitored(epochs=3, **{"train.validate": "null"}), tmp_path / "unwatched", show_progress=False)
+    experiment.train(monitored(epochs=3, **{"train.validate": "null"}), tmp_path / "unwatched", show_progress=False)
     assert [r["passes"] for r in _records(tmp_path / "unwatched")] == [r["passes"] for r in records]
     captured = capsys.readouterr()
     log = captured.err + captured.out
@@ -129,7 +132,7 @@ def test_a_monitored_run_logs_validations_and_the_summary(tmp_path, capsys):
 
 def test_the_monitor_never_reads_the_test_set_and_its_keys_are_checked():
     with pytest.raises(ConfigError, match="set data.options.validation_size"):
-        trainer.train(load_config(DIGITS, ["train.epochs=1", "train.validate.n=10"]), "/tmp/never", show_progress=False)
+        experiment.train(load_config(DIGITS, ["train.epochs=1", "train.validate.n=10"]), "/tmp/never", show_progress=False)
     for override, message in [
         ("train.validate.attacks=[pgd-10]", "must hold a PGD-family attack .* and an APGD-family one"),
         ("train.validate.attacks=[apgd-ce, apgd-dlr]", "must hold a PGD-family attack"),
@@ -147,11 +150,12 @@ def test_the_monitor_never_reads_the_test_set_and_its_keys_are_checked():
 
 # ---------------------------------------------------------------- the remedy
 def test_noise_batches_follow_the_last_epochs_fosc():
-    config = load_config(DIGITS, ["train.fosc_noise.threshold=0.5", "train.fosc_noise.batches=4"])
-    assert noise_batches(config, []) == (0, None)
-    assert noise_batches(config, [{"fosc": 0.9}, {"fosc": 0.4}]) == (0, 0.4)
-    assert noise_batches(config, [{"fosc": 0.4}, {"fosc": 0.6}]) == (4, 0.6)
-    assert noise_batches(load_config(DIGITS, []), [{"fosc": 9.0}]) == (0, None)  # off by default
+    noise = experiment.fosc_noise(load_config(DIGITS, ["train.fosc_noise.threshold=0.5", "train.fosc_noise.batches=4"]))
+    assert noise == FoscNoise(0.5, 0.1, 4, "train")
+    assert noise.batches_after([]) == (0, None)
+    assert noise.batches_after([{"fosc": 0.9}, {"fosc": 0.4}]) == (0, 0.4)
+    assert noise.batches_after([{"fosc": 0.4}, {"fosc": 0.6}]) == (4, 0.6)
+    assert experiment.fosc_noise(load_config(DIGITS, [])) is None  # off by default
     history = [{"validation": {"points": [{"fosc": {"mean": 0.2}}, {"fosc": {"mean": 0.7}}]}}, {"fosc": 0.1}]
     assert last_fosc(history, "validation") == 0.7 and last_fosc(history, "train") == 0.1
 
@@ -181,7 +185,7 @@ def test_the_noise_fires_after_a_high_fosc_epoch_on_exactly_the_first_batches(tm
     recorder = _Recorder(monkeypatch)
     config = monitored(epochs=3, **{"train.validate": "null", "data.options": "{}",
                                     "train.fosc_noise": "{threshold: 0.0, batches: 3, sigma: 0.1}"})
-    trainer.train(config, tmp_path / "fires", show_progress=False)
+    experiment.train(config, tmp_path / "fires", show_progress=False)
     steps = len(recorder.steps) // 3
     assert recorder.noised == [steps + 0, steps + 1, steps + 2, 2 * steps + 0, 2 * steps + 1, 2 * steps + 2]
     assert [r.get("fosc_noise_batches") for r in _records(tmp_path / "fires")] == [None, 3, 3]
@@ -192,14 +196,14 @@ def test_the_noise_fires_after_a_high_fosc_epoch_on_exactly_the_first_batches(tm
 
     quiet = _Recorder(monkeypatch)
     config = load_config(DIGITS, ["train.epochs=2", "attack.steps=2", "train.fosc_noise.threshold=1e9"])
-    trainer.train(config, tmp_path / "quiet", show_progress=False)
+    experiment.train(config, tmp_path / "quiet", show_progress=False)
     assert quiet.noised == [] and all("fosc_noise_batches" not in r for r in _records(tmp_path / "quiet"))
 
 
 def test_a_resumed_monitored_run_with_noise_matches_the_uninterrupted_one(tmp_path, monkeypatch):
     config = monitored(epochs=3, **{"train.fosc_noise": "{threshold: 0.0, batches: 2, source: validation}",
                                     "train.deterministic": "true"})
-    trainer.train(config, tmp_path / "straight", show_progress=False)
+    experiment.train(config, tmp_path / "straight", show_progress=False)
 
     original = trainer.train_one_epoch
 
@@ -210,9 +214,9 @@ def test_a_resumed_monitored_run_with_noise_matches_the_uninterrupted_one(tmp_pa
 
     monkeypatch.setattr(trainer, "train_one_epoch", killed_at_epoch_three)
     with pytest.raises(KeyboardInterrupt):
-        trainer.train(config, tmp_path / "killed", show_progress=False)
+        experiment.train(config, tmp_path / "killed", show_progress=False)
     monkeypatch.setattr(trainer, "train_one_epoch", original)
-    trainer.train(None, tmp_path / "killed", resume=True, show_progress=False)
+    experiment.train(None, tmp_path / "killed", resume=True, show_progress=False)
 
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)
@@ -239,14 +243,14 @@ def test_the_epoch_report_says_when_a_flag_is_raised_or_cleared_and_when_noise_f
         return {"epoch": epoch, "fosc": fosc,
                 "validation": {"attacks": ["pgd-10", "apgd-ce"], "points": [point]}}
 
-    config = load_config(DIGITS, ["train.epochs=5", "train.fosc_noise={threshold: 0.5, batches: 7}"])
-    raised = epoch_report(config, [record(1, False), record(2, True)])
+    noise = FoscNoise(threshold=0.5, batches=7)
+    raised = epoch_report([record(1, False), record(2, True)], noise, 5)
     assert raised[0].startswith("validate epoch 2 λ=1: clean 0.900  pgd-10 0.500  apgd-ce 0.300  gap 0.200")
     assert raised[0].endswith("OVERESTIMATED")
     assert raised[1:] == ["overestimation: λ=1 flagged from epoch 2 (PGD above APGD)"]
-    cleared = epoch_report(config, [record(1, False), record(2, True), record(3, False, fosc=0.9)])
+    cleared = epoch_report([record(1, False), record(2, True), record(3, False, fosc=0.9)], noise, 5)
     assert cleared[1:] == ["overestimation: λ=1 cleared at epoch 3 (self-healed)",
                            "fosc_noise: FOSC 0.9 > 0.5 (train) after epoch 3: noise σ=0.1 on the first 7 batches "
                            "of epoch 4"]
-    assert epoch_report(config, [record(4, False), record(5, False, fosc=0.9)]) == [
+    assert epoch_report([record(4, False), record(5, False, fosc=0.9)], noise, 5) == [
         "validate epoch 5 λ=1: clean 0.900  pgd-10 0.500  apgd-ce 0.300  gap 0.000  fosc 1"]  # no epoch 6 to noise

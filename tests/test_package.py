@@ -92,3 +92,50 @@ def test_only_the_run_directory_module_names_a_runs_files():
         text = path.read_text()
         for name in RUN_FILES:
             assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path} names {name}; use oat.runs"
+
+
+# Where a config may be read: the schema, the builder, the CLI, the evaluation protocol built from
+# an eval section, the run directory's reader (a saved config), and the comparison commands, which
+# make one config per model they train. Everywhere else gets parts.
+CONFIG_READERS = {"oat/config.py", "oat/experiment.py", "oat/cli.py", "oat/protocol.py", "oat/runs.py",
+                  "frontier/comparison.py", "frontier/sweep.py", "frontier/tasks.py", "frontier/demo.py"}
+HARMLESS = {"oat.config", "oat.config.ConfigError", "oat.config.read_yaml_mapping"}  # an error class, a YAML reader
+
+
+def test_only_the_edge_touches_the_config_and_the_loop_gets_parts():
+    readers = {"oat/config.py"}  # the schema itself
+    for path in [*(ROOT / "oat").rglob("*.py"), *(ROOT / "frontier").rglob("*.py"), *(ROOT / "models").rglob("*.py")]:
+        names = {n for n in _imports(path) if n.startswith("oat.config")} - HARMLESS
+        if names:
+            readers.add(str(path.relative_to(ROOT)))
+    assert readers == CONFIG_READERS
+    names = {node.id for node in ast.walk(ast.parse((ROOT / "oat" / "trainer.py").read_text()))
+             if isinstance(node, ast.Name)}
+    assert not names & {"config", "cfg", "Config"}, "the training loop holds a config"
+
+
+def test_no_import_circles_and_the_schema_imports_nothing_of_oat():
+    graph = {}
+    for path in (ROOT / "oat").rglob("*.py"):
+        module = ".".join(("oat",) + path.relative_to(ROOT / "oat").with_suffix("").parts).removesuffix(".__init__")
+        graph[module] = {n for n in _imports(path) if n.startswith("oat")}
+    modules = set(graph)
+    edges = {m: {target for name in names for target in modules if name == target or name.startswith(target + ".")
+                 if target != m and not m.startswith(target + ".") and target != "oat"} for m, names in graph.items()}
+    assert not {n for n in graph["oat.config"] if n.startswith("oat.") and n != "oat.config"}
+
+    def cycle_from(start):
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in edges.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    # Imports inside functions (deferred) count too: a circle is a circle however it is hidden.
+    circles = [c for c in map(cycle_from, sorted(edges)) if c]
+    assert not circles, circles[:3]

@@ -6,8 +6,8 @@ import math
 import pytest
 
 from oat.cli import main
-from oat.frontier.uncertainty import wilson_interval
-from oat.frontier.pick import PickError, format_pick, pick
+from oat.intervals import wilson_interval
+from oat.pick import PickError, format_pick, pick
 
 CHECKPOINT = "runs/r/checkpoint.pt"
 # λ, clean, robust_worst; deliberately not sorted by λ

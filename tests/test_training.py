@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import oat
-from oat import trainer
+from oat import experiment, trainer
 from oat.cli import main
 from oat.config import load_config
 from oat.passes import forward_macs
@@ -39,7 +39,7 @@ def run_cli(*args, env=None, timeout=300):
 def test_train_then_eval_shows_a_trade_off_from_one_checkpoint(tmp_path):
     out = tmp_path / "run"
     config = tiny(epochs=10, steps=3)
-    trainer.train(config, out, show_progress=False)
+    experiment.train(config, out, show_progress=False)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == list(range(1, 11))
@@ -117,7 +117,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
     monkeypatch.setattr(trainer._LossStep, "forward", poisoned)
     with pytest.raises(trainer.TrainingDiverged, match="epoch 2, batch 3"):
-        trainer.train(tiny(epochs=3, steps=1), out, show_progress=False)
+        experiment.train(tiny(epochs=3, steps=1), out, show_progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -125,9 +125,9 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
 def test_an_existing_run_is_not_overwritten_without_resume(tmp_path):
     out = tmp_path / "run"
-    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    experiment.train(tiny(epochs=1, steps=1), out, show_progress=False)
     with pytest.raises(oat.config.ConfigError, match="already holds a run"):
-        trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+        experiment.train(tiny(epochs=1, steps=1), out, show_progress=False)
 
 
 def test_two_process_gloo_run_evaluates_like_a_one_process_run(tmp_path):
@@ -170,7 +170,7 @@ def test_a_blow_up_in_the_last_batch_never_replaces_the_good_checkpoint(tmp_path
     monkeypatch.setattr(torch.optim.SGD, "step", poisoned_step)
     with pytest.raises(trainer.TrainingDiverged, match=r"non-finite tensors .* after epoch 2; stopped, keeping "
                                                        r"the last good checkpoint .*checkpoint.pt \(epoch 1\)"):
-        trainer.train(tiny(epochs=3, steps=1), out, show_progress=False)
+        experiment.train(tiny(epochs=3, steps=1), out, show_progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
@@ -188,7 +188,7 @@ def test_a_divergence_in_the_first_epoch_names_no_checkpoint_that_does_not_exist
 
 def test_resume_survives_a_truncated_metrics_line_and_removes_orphaned_temporaries(tmp_path):
     out = tmp_path / "run"
-    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    experiment.train(tiny(epochs=1, steps=1), out, show_progress=False)
     with open(out / "metrics.jsonl", "a") as handle:
         handle.write('{"epoch": 2, "loss": 0.5')  # killed mid-append
     orphans = [out / ".checkpoint.pt.a1b2c3d4.tmp", out / ".metrics.jsonl.x9y8z7w_.tmp"]
@@ -216,7 +216,7 @@ def test_resume_refuses_a_changed_config_and_names_the_keys(tmp_path):
 
 def test_resume_refuses_weights_that_do_not_fit_and_a_missing_optimiser_state(tmp_path):
     out = tmp_path / "run"
-    trainer.train(tiny(epochs=1, steps=1), out, show_progress=False)
+    experiment.train(tiny(epochs=1, steps=1), out, show_progress=False)
     state = torch.load(out / "checkpoint.pt", weights_only=True)
     first_key = next(iter(state["model"]))
     wider = dict(state["model"])
@@ -245,7 +245,7 @@ def test_training_passes_are_counted_as_the_arithmetic_says(tmp_path, lam, attac
     steps, epochs, examples, probed = 3, 2, 22 * 64, 6
     config = tiny(epochs=epochs, steps=steps, **{"model.conditioned": "false", "lambdas.sampler": "fixed",
                                                "lambdas.params": f"{{value: {lam}}}"})
-    trainer.train(config, tmp_path, show_progress=False)
+    experiment.train(config, tmp_path, show_progress=False)
     per_epoch = ({"forward": examples * (steps + 2) + probed * trainer.FOSC_EXAMPLES,
                   "backward_input": examples * steps + probed * trainer.FOSC_EXAMPLES,
                   "backward_full": examples * 2} if attacked else
@@ -259,14 +259,14 @@ def test_a_failing_forward_is_a_config_error_only_when_the_user_changed_the_mode
     """Model options that build a network unable to process the data are the user's; the shipped
     architecture failing is oat's bug and keeps its traceback."""
     with pytest.raises(oat.config.ConfigError, match=r"model: .* with model.options \{'channels': \[0, 8\]\}"):
-        trainer.build(tiny(**{"model.options": "{channels: [0, 8]}"}))
+        experiment.build(tiny(**{"model.options": "{channels: [0, 8]}"}))
 
     def broken(self, x, lam):
         raise RuntimeError("a bug inside oat")
 
-    monkeypatch.setattr(type(trainer.build(tiny()).model), "forward", broken)
+    monkeypatch.setattr(type(experiment.build(tiny()).model), "forward", broken)
     with pytest.raises(RuntimeError, match="a bug inside oat"):
-        trainer.build(tiny())
+        experiment.build(tiny())
 
 
 def test_a_checkpoint_holds_exactly_what_oat_reads(tmp_path):
@@ -291,7 +291,7 @@ def test_conditioning_weight_decay_puts_every_film_parameter_in_a_group_of_its_o
     from oat import models
     from oat.conditioning import FiLM
     from oat.config import from_dict
-    from oat.trainer import _optimizer
+    from oat.experiment import optimizer as _optimizer
 
     net = models.create("small_cnn", input_size=8, film_head=True)
     film = {id(p) for m in net.modules() if isinstance(m, FiLM) for p in m.parameters()}
@@ -310,7 +310,7 @@ def test_one_metrics_policy_for_resume_and_the_training_curves(tmp_path, capsys)
     from oat.runs import METRICS, read_metrics
 
     out = tmp_path / "run"
-    trainer.train(tiny(epochs=2, steps=1), out, show_progress=False)
+    experiment.train(tiny(epochs=2, steps=1), out, show_progress=False)
     whole = (out / METRICS).read_text()
     (out / METRICS).write_text(whole + '{"epoch": 3, "loss": 0.')
     assert [r["epoch"] for r in read_metrics(out)] == [1, 2]

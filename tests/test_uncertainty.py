@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from oat.frontier.uncertainty import bootstrap_ratio, wilson_interval
 from oat.bits import pack_bits, unpack_bits
+from oat.frontier.uncertainty import bootstrap_ratio
+from oat.intervals import wilson_interval
 
 
 def test_wilson_interval_matches_the_formula_and_stays_in_the_unit_interval():

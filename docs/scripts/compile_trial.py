@@ -18,6 +18,7 @@ from _timing import timed
 from oat.config import from_dict
 from oat.distributed import DistEnv
 from oat.progress import Progress
+from oat.experiment import build
 from oat.trainer import setup_training, train_one_epoch
 torch.set_num_threads(2)
 steps = 10
@@ -27,7 +28,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for conditioned in (True, False):
         runs = {}
         for name in ("eager", "compiled"):
-            run = setup_training(from_dict(config_for("small_cnn", conditioned, data, torch.device("cpu"), steps)), Path(tmp)/f"{name}{conditioned}", None, torch.device("cpu"), DistEnv())
+            run = setup_training(build(from_dict(config_for("small_cnn", conditioned, data, torch.device("cpu"), steps))), Path(tmp)/f"{name}{conditioned}", None, torch.device("cpu"), DistEnv())
             if name == "compiled":
                 run.model.body = torch.compile(run.model.body)
             runs[name] = run

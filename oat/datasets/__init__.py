@@ -8,8 +8,8 @@ stl10, mnist, fashion-mnist (torchvision files), digits (bundled with scikit-lea
 """
 
 from . import digits, imagefolder, npz, tsipras, vision  # noqa: F401  (each registers its loaders)
-from .base import (DatasetInfo, Splits, TensorImageDataset, TensorVectorDataset, channel_stats, dataset_tensors,
-                   to_unit)
+from .base import (DatasetInfo, Splits, TensorImageDataset, TensorVectorDataset, channel_stats, check_eps,
+                   dataset_tensors, to_unit)
 from .imagefolder import ImageFolderDataset
 from .registry import load, names, options, register
 from .tsipras import sample_tsipras, tsipras_accuracy
@@ -31,6 +31,7 @@ __all__ = [
     "TensorImageDataset",
     "TensorVectorDataset",
     "channel_stats",
+    "check_eps",
     "closed_form",
     "dataset_tensors",
     "to_unit",

@@ -98,6 +98,16 @@ class Splits:
         raise ValueError(f"unknown split {name!r}; choose test or validation")
 
 
+def check_eps(eps: float, info: DatasetInfo, what: str = "eps") -> None:
+    """Refuse (ValueError naming ``what``) a radius wider than the dataset's input box: every input
+    would reach every other, so the figure would mean nothing. The one place this is decided, for
+    training (``attack.eps``) and evaluation (``--eps``, ``--eps-sweep``, a run's own ε) alike."""
+    if info.widest_eps is not None and eps > info.widest_eps:
+        low, high = info.bounds
+        raise ValueError(f"{what} {eps:g} is wider than {info.name}'s input range [{low:g}, {high:g}] "
+                         f"(at most {high - low:g})")
+
+
 def _as_labels(labels) -> torch.Tensor:
     labels = torch.as_tensor(np.asarray(labels) if not isinstance(labels, torch.Tensor) else labels)
     if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.is_complex():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import shlex
 
-from .uncertainty import LEVEL, wilson_interval
+from .intervals import LEVEL, wilson_interval
 
 FIGURES = {"clean": "clean", "robust": "robust_worst"}  # objective name -> key of an evaluated point
 NAMES = {"clean": "clean accuracy", "robust": "robust accuracy"}

@@ -21,10 +21,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from oat.monitor import overestimation_summary  # noqa: E402
-from oat import runs  # noqa: E402
-from oat.checkpoint import CheckpointError  # noqa: E402
-from oat.runs import METRICS  # noqa: E402
+from . import runs  # noqa: E402
+from .checkpoint import CheckpointError  # noqa: E402
+from .monitor import overestimation_summary  # noqa: E402
+from .runs import METRICS  # noqa: E402
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 MARKERS = ("o", "s", "^", "D", "v")
