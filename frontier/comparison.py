@@ -134,8 +134,8 @@ def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int =
     run_tasks(tasks, workers, log, retrain_stale)
     write_frontier(out / "frontier", points, protocol)
     if mixed:
-        prepare_mixture(mixed, stage, tasks)
-        run_tasks([mixed], workers, log, retrain_stale)
+        interpolated = prepare_mixture(mixed, stage, tasks)
+        run_tasks([mixed] + ([interpolated] if interpolated else []), workers, log, retrain_stale)
     if second:
         run_tasks(second, workers, log, retrain_stale)
 
@@ -172,6 +172,7 @@ def autoattack_tasks(stage: AutoAttackStage, tasks: list[Task], oat_lambdas: tup
 
 
 MIXED_DIR = "mixed-ends"
+INTERPOLATED_DIR = "interpolated-ends"  # only where the interpolation barrier says it is usable
 
 
 def mixed_stage(stage: MixedEndsStage | None, tasks: list[Task]) -> MixedEndsStage | None:
@@ -195,23 +196,29 @@ def mixed_task(stage: MixedEndsStage, tasks: list[Task], out: Path, base: Config
     return Task(MIXED_DIR, str(out / MIXED_DIR), base, protocol, lambdas)
 
 
-def prepare_mixture(task: Task, stage: MixedEndsStage, tasks: list[Task]) -> None:
-    """Write the mixture's directory (``mixture.yaml``) and measure the weight-interpolation barrier
-    between its members on the protocol's examples, once."""
-    from oat.evaluation import subset_indices
+def prepare_mixture(task: Task, stage: MixedEndsStage, tasks: list[Task]) -> Task | None:
+    """Write the mixture's directory (``mixture.yaml``), measure the weight-interpolation barrier
+    between its members on the protocol's examples (once), and where it says interpolation is
+    usable, write the interpolation's directory too: returns its task (None otherwise)."""
     from oat.datasets import dataset_tensors, to_unit
-    from oat.runs import write_mixture
-    from oat.runs import load_run, run_data
+    from oat.evaluation import subset_indices
+    from oat.runs import load_run, run_data, write_mixture
 
     by_name = {t.name: t for t in tasks}
     accurate, robust = by_name[stage.accurate].run_dir, by_name[stage.robust].run_dir
     write_mixture(task.run_dir, accurate, robust)
-    if read_interpolation(task.run_dir) is None:
+    barrier = read_interpolation(task.run_dir)
+    if barrier is None:
         _, state = load_run(accurate)
         splits = run_data(state)
         images, labels = dataset_tensors(splits.split(task.protocol.split))
         index = subset_indices(len(labels), task.protocol.n, task.protocol.seed)
-        write_interpolation(task.run_dir, to_unit(images[index]), labels[index])
+        barrier = write_interpolation(task.run_dir, to_unit(images[index]), labels[index])
+    if not barrier["usable"]:
+        return None
+    directory = Path(task.run_dir).parent / INTERPOLATED_DIR
+    write_mixture(directory, accurate, robust, mixing="weights")
+    return Task(INTERPOLATED_DIR, str(directory), task.config, task.protocol, task.lambdas)
 
 
 def autoattack_results(tasks: list[Task]) -> list[dict]:
@@ -256,6 +263,11 @@ def _log_summary(log, out: Path, figures, summary: dict, seconds: float, name: s
             + f", {mixed['inference_forwards']} forward passes per image"
             + (f"; weight interpolation's error barrier {100 * mixed['interpolation']['barrier']:.1f} points"
                if mixed.get("interpolation") else ""))
+    interpolated = summary.get("interpolated_ends")
+    if interpolated and interpolated["hypervolume_ratio"] is not None:
+        low_high = interpolated["hypervolume_ratio_interval"]
+        log(f"the same two models' weights interpolated / frontier: {interpolated['hypervolume_ratio']:.3f}"
+            + (f" (95% interval {low_high[0]:.3f}–{low_high[1]:.3f})" if low_high else "") + ", 1 forward pass per image")
     true = summary.get("true_frontier")
     if true and true["max_distance_oat"] is not None:
         worst = max(true["oat"], key=lambda row: row["distance"])

@@ -8,7 +8,8 @@ OAT's and the frontier's — its hypervolume with its bootstrap interval, its tr
 end models' counted passes) and its inference cost (two forward passes per image, against OAT's
 one). The weight-interpolation alternative is measured too: the error barrier along the straight
 path between the two models' weights (:func:`oat.mixture.interpolation_barrier`), stored as
-``interpolation.json`` in the mixture's directory.
+``interpolation.json`` in the mixture's directory; where it is within Frankle et al.'s 2 points the
+interpolated network is evaluated as a fourth curve (one forward pass per image).
 """
 
 from __future__ import annotations
@@ -28,9 +29,11 @@ INTERPOLATION = "interpolation.json"
 INFERENCE_FORWARDS = 2  # a mixture runs both members on every image
 
 
-def summarize_mixed(mixed: dict | None, fixed: list[dict], summary: dict) -> dict | None:
+def summarize_mixed(mixed: dict | None, fixed: list[dict], summary: dict, inference_forwards: int = INFERENCE_FORWARDS
+                    ) -> dict | None:
     """The mixed curve's figures beside a comparison's ``summary`` (its frontier's hypervolume,
-    passes and work already in it); None without a mixture."""
+    passes and work already in it); None without a mixture. ``inference_forwards``: forward passes
+    per image (2 for mixed outputs, 1 for interpolated weights)."""
     if not mixed or not fixed:
         return None
     points = sorted(mixed["points"], key=lambda p: p["lambda"])
@@ -46,13 +49,34 @@ def summarize_mixed(mixed: dict | None, fixed: list[dict], summary: dict) -> dic
         "train_passes": passes, "train_work": run_work, "train_seconds": mixed.get("train_seconds"),
         "cost_ratio": _ratio(passes, summary["train_passes_frontier"]),
         "cost_ratio_work": _ratio(run_work, summary["train_work_frontier"]),
-        "inference_forwards": INFERENCE_FORWARDS,
+        "inference_forwards": inference_forwards,
         "interpolation": mixed.get("interpolation"),
     }
 
 
 def _ratio(a, b):
     return None if a is None or not b else a / b
+
+
+def interpolated_lines(interpolated: dict | None) -> list[str]:
+    """The report's section on the end models' weights interpolated (only where the barrier said so)."""
+    if not interpolated:
+        return []
+    interval = interpolated["hypervolume_ratio_interval"]
+    return ["", "## Two end models, weights interpolated", "",
+            "The same two models' weights interpolated, (1 − α)·w₀ + α·w₁, one network per α: offered because "
+            "the error barrier along the path is within Frankle et al.'s 2 points (below). Same protocol, at the "
+            "comparison's λ read as α.", "", "| figure | value |", "|---|---|",
+            f"| hypervolume, weights interpolated | {interpolated['hypervolume']:.4f} |",
+            f"| **hypervolume ratio interpolated / frontier** | **{interpolated['hypervolume_ratio']:.3f}**"
+            + (f" (95% bootstrap interval {interval[0]:.3f}–{interval[1]:.3f})" if interval else "") + " |",
+            f"| training cost interpolated / frontier (passes: the two end models' training) | "
+            f"{_show(interpolated['cost_ratio'])} |",
+            f"| inference cost | {interpolated['inference_forwards']} forward pass per image |"]
+
+
+def _show(value) -> str:
+    return "–" if value is None else f"{value:.3f}"
 
 
 def mixed_lines(mixed: dict | None) -> list[str]:
@@ -75,7 +99,7 @@ def mixed_lines(mixed: dict | None) -> list[str]:
              f"| inference cost | {mixed['inference_forwards']} forward passes per image (OAT: 1) |"]
     barrier = mixed.get("interpolation")
     if barrier:
-        verdict = ("usable" if barrier["usable"] else
+        verdict = ("usable, so the comparison evaluates it too (next section)" if barrier["usable"] else
                    f"not usable: interpolating the weights is no alternative here (Frankle et al.'s "
                    f"criterion: ≤ {100 * USABLE_BARRIER:g} points)")
         lines += ["", f"Weight interpolation between the same two models, (1 − α)·w₀ + α·w₁: the clean error "

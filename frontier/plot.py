@@ -6,7 +6,8 @@ where several attacks were run — each attack's RA as its own marker (PGD-famil
 AutoAttack family filled), so the gap between a weak and a strong attack is visible.
 Right panel: SA and RA of the OAT model against λ, with the dedicated fixed-λ models at their λ.
 Where the comparison has one, the frontier's two end models mixed at inference (:mod:`.mixed`) are a
-third curve in both panels, their mixing weight α on the λ axis.
+third curve in both panels, their mixing weight α on the λ axis, and their weights interpolated a
+fourth (in the plane) where the interpolation barrier says it is usable.
 A comparison whose models were evaluated differently (drawn only on request) carries a red
 "PROTOCOL MISMATCH" note above both panels, so the picture cannot be mistaken for a fair one.
 """
@@ -30,6 +31,7 @@ from .report import Comparison, sa_ra  # noqa: E402
 
 OAT_COLOR, FIXED_COLOR, TRADES_COLOR = "#1f77b4", "#d62728", "#2ca02c"
 MIXED_COLOR = "#ff7f0e"  # the two end models mixed at inference
+INTERPOLATED_COLOR = "#9467bd"  # their weights interpolated (where usable)
 MISMATCH_COLOR = "#cc0000"
 TRUE_COLOR = "#222222"  # the true frontier of a task with closed forms
 
@@ -160,6 +162,10 @@ def plot(comparison: Comparison, out: str | Path, title: str | None = None) -> l
     if mixed_points:
         plane.plot(pct([p["clean"] for p in mixed_points]), pct([p["robust_worst"] for p in mixed_points]), ":d",
                    color=MIXED_COLOR, lw=1.8, ms=5, zorder=3, label="two end models, mixed (α; worst case)")
+    interpolated = sorted(comparison.interpolated["points"], key=lambda p: p["lambda"]) if comparison.interpolated else []
+    if interpolated:
+        plane.plot(pct([p["clean"] for p in interpolated]), pct([p["robust_worst"] for p in interpolated]), "-.v",
+                   color=INTERPOLATED_COLOR, lw=1.5, ms=5, zorder=3, label="two end models, weights interpolated (α)")
     _draw_true_frontier(plane, comparison, oat_points, fixed)
     if len(attacks) > 1:  # per-attack markers show how much each attack finds
         for attack in attacks:

@@ -30,10 +30,10 @@ from oat.checkpoint import write_text_atomic
 from oat.intervals import LEVEL, wilson_interval
 from oat.passes import total, work
 from oat.protocol import check_same_protocol, common_protocol, find_mismatches, protocol_of
-from oat.runs import CONFIG, EVAL_RESULT, is_conditioned, is_mixture, read_result
+from oat.runs import CONFIG, EVAL_RESULT, is_conditioned, is_mixture, mixing_of, read_result
 
 from .analytic import true_frontier_summary
-from .mixed import mixed_lines, read_interpolation, summarize_mixed
+from .mixed import interpolated_lines, mixed_lines, read_interpolation, summarize_mixed
 from .monotonicity import ALPHA, monotonicity
 from .pareto import gap, hypervolume, non_dominated
 from .sweep import FRONTIER_JSON
@@ -51,20 +51,23 @@ class Comparison:
     oat: dict | None
     dedicated: list[dict] = field(default_factory=list)
     mixed: dict | None = None  # two end models mixed at inference (oat.mixture): its eval.json
+    interpolated: dict | None = None  # the same two models' weights interpolated, where usable
 
     @property
     def protocols(self) -> list[tuple[str, dict]]:
         """(where it comes from, measured protocol) of every model, the OAT model first."""
         sources = [(self.oat.get("run_dir") or "the OAT run", protocol_of(self.oat))] if self.oat else []
-        if self.mixed:
-            sources.append((self.mixed.get("run_dir") or "the mixed end models", protocol_of(self.mixed)))
+        for other in (self.mixed, self.interpolated):
+            if other:
+                sources.append((other.get("run_dir") or "the mixed end models", protocol_of(other)))
         return sources + [(p.get("run_dir") or p["name"], protocol_of(p.get("protocol") or {}))
                           for p in self.dedicated]
 
     @property
     def attacks(self) -> list[str]:
         """Every attack any model's RA was measured with, in the order first run."""
-        points = (self.oat or {}).get("points", []) + (self.mixed or {}).get("points", []) + self.dedicated
+        points = [p for run in (self.oat, self.mixed, self.interpolated) for p in (run or {}).get("points", [])]
+        points += self.dedicated
         return list(dict.fromkeys(a for p in points for a in p["robust"]))
 
     @property
@@ -91,7 +94,7 @@ def find_results(directories: list[str | Path], allow_mismatch: bool = False) ->
     ``directories`` or their immediate subdirectories (the demo's layout), and check that every
     model was evaluated with one protocol: a mismatch raises :class:`oat.protocol.ProtocolMismatch`
     unless ``allow_mismatch``, which records it in the comparison instead."""
-    oat, dedicated, mixed = None, [], None
+    oat, dedicated, mixed, interpolated = None, [], None, None
     for directory in map(Path, directories):
         if not directory.is_dir():
             raise FileNotFoundError(f"not a directory: {directory}")
@@ -101,9 +104,13 @@ def find_results(directories: list[str | Path], allow_mismatch: bool = False) ->
                 dedicated.extend(read_results(frontier, FRONTIER_ROW)["points"])
             result = candidate / EVAL_RESULT
             if result.exists() and is_mixture(candidate):
-                mixed = read_results(result, EVAL_POINT)
-                mixed["run_dir"] = str(candidate)
-                mixed["interpolation"] = read_interpolation(candidate)
+                found = read_results(result, EVAL_POINT)
+                found["run_dir"] = str(candidate)
+                found["interpolation"] = read_interpolation(candidate)
+                if mixing_of(candidate) == "weights":
+                    interpolated = found
+                else:
+                    mixed = found
             if result.exists() and (candidate / CONFIG).exists() and is_conditioned(candidate):
                 if oat is not None:
                     raise ValueError(f"two OAT runs found ({oat['run_dir']} and {candidate}); plot one at a time")
@@ -113,7 +120,7 @@ def find_results(directories: list[str | Path], allow_mismatch: bool = False) ->
         raise FileNotFoundError(
             f"no results in {', '.join(map(str, directories))}: expected an OAT run directory with eval.json "
             "or a sweep directory with frontier.json")
-    comparison = Comparison(oat, dedicated, mixed)
+    comparison = Comparison(oat, dedicated, mixed, interpolated)
     check_same_protocol(comparison.protocols, allow_mismatch)
     return comparison
 
@@ -192,9 +199,11 @@ def summarize(comparison: Comparison) -> dict:
         summary["gap"] = None
     summary["true_frontier"] = true_frontier_summary(comparison.oat, fixed + trades)
     summary["mixed_ends"] = summarize_mixed(comparison.mixed, fixed, summary)
+    summary["interpolated_ends"] = summarize_mixed(comparison.interpolated, fixed, summary, inference_forwards=1)
     summary["monotonicity"] = monotonicity(oat_points, protocol_of(comparison.oat).get("n")) if comparison.oat else None
     flags = [dict(flag, model="oat") for flag in (comparison.oat or {}).get("flags", [])]
     flags += [dict(flag, model="mixed ends") for flag in (comparison.mixed or {}).get("flags", [])]
+    flags += [dict(flag, model="interpolated ends") for flag in (comparison.interpolated or {}).get("flags", [])]
     for point in comparison.dedicated:
         flags += [dict(flag, model=point["name"]) for flag in point.get("flags", [])]
     summary["flags"] = flags
@@ -312,9 +321,10 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
     n = summary["n"]
     for point in (comparison.oat or {}).get("points", []):
         lines.append(f"| OAT | {point['lambda']:g} | | " + _accuracy_cells(point, attacks, n) + " | | |")
-    for point in (comparison.mixed or {}).get("points", []):
-        lines.append(f"| two end models, mixed (α) | {point['lambda']:g} | | " + _accuracy_cells(point, attacks, n)
-                     + " | | |")
+    for label, run in (("two end models, mixed (α)", comparison.mixed),
+                       ("two end models, weights interpolated (α)", comparison.interpolated)):
+        for point in (run or {}).get("points", []):
+            lines.append(f"| {label} | {point['lambda']:g} | | " + _accuracy_cells(point, attacks, n) + " | | |")
     for point in comparison.fixed_lambda + comparison.trades:
         beta = f"{point['value']:g}" if point["kind"] == "trades" else ""
         lines.append(f"| {point['name']} | {point['lambda']:g} | {beta} | " + _accuracy_cells(point, attacks, n)
@@ -327,6 +337,7 @@ def format_report(comparison: Comparison, summary: dict, title: str = "OAT vs de
         lines += ["", f"Fixed-λ models on the frontier: {', '.join(names)}."]
     lines += _monotonicity_lines(summary.get("monotonicity"))
     lines += mixed_lines(summary.get("mixed_ends"))
+    lines += interpolated_lines(summary.get("interpolated_ends"))
     lines += _autoattack_lines(summary.get("autoattack") or [])
     lines += _true_frontier_lines(summary.get("true_frontier"))
     lines += ["", "## Evaluation flags", ""]

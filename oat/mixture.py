@@ -18,13 +18,15 @@ its robust accuracy is that of the mixture under an adaptive attack, never of on
 
     accurate: ../frontier/points/lambda-0     # run directories, relative to this file
     robust: ../frontier/points/lambda-1
+    mixing: probabilities                     # or weights (InterpolatedEnds); probabilities if left out
 
 which :func:`oat.runs.load_run` (and so ``oat eval --checkpoint DIR``) loads like a run: the members'
 data, ε and training cost (their passes summed: the mixture costs both end models' training) come
 with it. :func:`oat.runs.mix_ends` builds the same from two run directories in Python. This module
 holds the model and the arithmetic; the run directory's reader, :mod:`oat.runs`, the files.
 
-**Weight interpolation** (:func:`interpolate`) is the other way to mix two models: one network with
+**Weight interpolation** (:func:`interpolate`; :class:`InterpolatedEnds` with α per example, as a
+mixture directory's ``mixing: weights``) is the other way to mix two models: one network with
 weights (1 − α)·w_a + α·w_b, at one forward's cost. It is meaningful only when the two runs are
 linearly connected (Frankle et al. 2020), which :func:`interpolation_barrier` measures: the largest
 rise of the error along the path above the straight line between its ends.
@@ -73,15 +75,63 @@ class MixedEnds(nn.Module):
         return torch.logsumexp(weighted, dim=0)
 
 
+class InterpolatedEnds(nn.Module):
+    """``model(x, alpha)``: the network whose weights are (1 − α)·w_first + α·w_second (BatchNorm's
+    running statistics too), α per example like λ: the examples of each α run through that α's
+    interpolated network (``torch.func.functional_call``), so an attack's gradient reaches the input
+    as through any network. Meaningful only for linearly connected members
+    (:func:`interpolation_barrier`)."""
+
+    serves_every_lambda = True
+    separate_lambdas: list = []
+    conditioned = False
+
+    def __init__(self, first: nn.Module, second: nn.Module):
+        super().__init__()
+        _check_same_architecture(first, second)
+        self.first = first
+        self.second = second
+
+    def forward(self, x: torch.Tensor, lam=None) -> torch.Tensor:
+        if lam is None:
+            raise ValueError("an interpolation of two models needs its weight: model(x, alpha), alpha in [0, 1]")
+        alpha = as_lambda(lam, x.shape[0], x.device)
+        outputs = []
+        values = torch.unique(alpha)
+        for value in values:
+            index = (alpha == value).nonzero().squeeze(1)
+            weights = _interpolated_state(self.first, self.second, float(value))
+            outputs.append((index, torch.func.functional_call(self.first, weights, (x[index],))))
+        if len(outputs) == 1:
+            return outputs[0][1]
+        logits = outputs[0][1].new_empty((x.shape[0],) + outputs[0][1].shape[1:])
+        for index, part in outputs:
+            logits[index] = part
+        return logits
+
+
+def _check_same_architecture(first: nn.Module, second: nn.Module) -> None:
+    a, b = first.state_dict(), second.state_dict()
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        raise ValueError("interpolation needs two runs of the same architecture (their weights differ in names or shapes)")
+
+
+def _interpolated_state(first: nn.Module, second: nn.Module, alpha: float) -> dict:
+    """(1 − α)·first + α·second for every floating-point tensor of the state (parameters and
+    buffers), the first's own for the others (BatchNorm's batch counts)."""
+    a, b = dict(first.named_parameters()), dict(second.named_parameters())
+    a.update(first.named_buffers()), b.update(second.named_buffers())
+    return {k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k] for k in a}
+
+
 def interpolate(first: nn.Module, second: nn.Module, alpha: float) -> nn.Module:
     """One network with weights (1 − α)·w_first + α·w_second (BatchNorm's running statistics too),
     from two networks of the same architecture; in eval mode. Meaningful only for linearly connected
     ones: measure :func:`interpolation_barrier` first. (:func:`oat.runs.interpolate_runs` takes run
     directories.)"""
     alpha = float(as_lambda(float(alpha), 1)[0])
+    _check_same_architecture(first, second)
     a, b = first.state_dict(), second.state_dict()
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-        raise ValueError("interpolation needs two runs of the same architecture (their weights differ in names or shapes)")
     mixed = copy.deepcopy(first)
     mixed.load_state_dict({k: (1 - alpha) * a[k] + alpha * b[k] if a[k].is_floating_point() else a[k] for k in a})
     return mixed.eval()

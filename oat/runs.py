@@ -27,7 +27,7 @@ from .checkpoint import EXPORT_FORMAT, CheckpointError, first_line, load_checkpo
 from .config import ConfigError, read_yaml_mapping, saved_config
 from . import datasets
 from .evaluation import UNSEEN_LAMBDAS, evaluate, robustness_curve
-from .mixture import MIXTURE, MixedEnds, interpolate, interpolation_barrier
+from .mixture import MIXTURE, InterpolatedEnds, MixedEnds, interpolate, interpolation_barrier
 from .protocol import Protocol
 
 CHECKPOINT = "checkpoint.pt"
@@ -338,12 +338,18 @@ def is_mixture(path: str | Path) -> bool:
     return (path / MIXTURE).is_file() if path.is_dir() else path.name == MIXTURE and path.is_file()
 
 
-def write_mixture(directory: str | Path, accurate_run: str | Path, robust_run: str | Path) -> Path:
-    """Write ``directory/mixture.yaml`` naming the two runs, relative to it."""
+MIXINGS = {"probabilities": MixedEnds, "weights": InterpolatedEnds}  # mixture.yaml's `mixing`
+
+
+def write_mixture(directory: str | Path, accurate_run: str | Path, robust_run: str | Path,
+                  mixing: str = "probabilities") -> Path:
+    """Write ``directory/mixture.yaml`` naming the two runs, relative to it, and how they mix."""
+    if mixing not in MIXINGS:
+        raise ValueError(f"mixing must be one of {', '.join(MIXINGS)}, got {mixing!r}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     members = {"accurate": os.path.relpath(Path(accurate_run).resolve(), directory.resolve()),
-               "robust": os.path.relpath(Path(robust_run).resolve(), directory.resolve())}
+               "robust": os.path.relpath(Path(robust_run).resolve(), directory.resolve()), "mixing": mixing}
     path = directory / MIXTURE
     write_text_atomic(path, yaml.safe_dump(members, sort_keys=False))
     return path
@@ -352,14 +358,26 @@ def write_mixture(directory: str | Path, accurate_run: str | Path, robust_run: s
 def member_runs(directory: str | Path) -> tuple[Path, Path]:
     """The (accurate, robust) run directories a mixture directory names, or a one-line ValueError."""
     directory = Path(directory)
+    spec = _mixture_spec(directory)
+    return directory / spec["accurate"], directory / spec["robust"]
+
+
+def mixing_of(directory: str | Path) -> str:
+    """How a mixture directory's two runs mix: ``probabilities`` (the default) or ``weights``."""
+    return _mixture_spec(Path(directory)).get("mixing", "probabilities")
+
+
+def _mixture_spec(directory: Path) -> dict:
     spec = read_yaml_mapping(directory / MIXTURE, "mixture")
-    unknown = sorted(set(spec) - {"accurate", "robust"})
+    unknown = sorted(set(spec) - {"accurate", "robust", "mixing"})
     missing = [key for key in ("accurate", "robust") if not isinstance(spec.get(key), str)]
     if unknown or missing:
         raise ValueError(f"{directory / MIXTURE} must name two run directories, 'accurate' and 'robust'"
                          + (f"; it lacks {', '.join(missing)}" if missing else "")
                          + (f"; unknown key {', '.join(unknown)}" if unknown else ""))
-    return directory / spec["accurate"], directory / spec["robust"]
+    if spec.get("mixing", "probabilities") not in MIXINGS:
+        raise ValueError(f"{directory / MIXTURE}: mixing must be one of {', '.join(MIXINGS)}, got {spec['mixing']!r}")
+    return spec
 
 
 def load_mixture(directory: str | Path, device: str | torch.device = "cpu") -> tuple[MixedEnds, dict]:
@@ -367,7 +385,8 @@ def load_mixture(directory: str | Path, device: str | torch.device = "cpu") -> t
     (data) and ε, both members' training cost summed (seconds, passes by kind; work per example
     when the two networks cost the same), their epochs (the larger)."""
     directory = Path(directory)
-    accurate_dir, robust_dir = member_runs(directory if directory.is_dir() else directory.parent)
+    directory = directory if directory.is_dir() else directory.parent
+    accurate_dir, robust_dir = member_runs(directory)
     accurate, first = load_run(accurate_dir, device)
     robust, second = load_run(robust_dir, device)
     if not math.isclose(float(first["eps"]), float(second["eps"])):
@@ -381,10 +400,11 @@ def load_mixture(directory: str | Path, device: str | torch.device = "cpu") -> t
         "train_seconds": float(first["train_seconds"]) + float(second["train_seconds"]),
         "passes": _summed(first.get("passes"), second.get("passes")),
         "macs_per_example": first.get("macs_per_example") if same_cost else None,
-        "model_spec": {"mixture": {"accurate": str(accurate_dir), "robust": str(robust_dir)}},
+        "model_spec": {"mixture": {"accurate": str(accurate_dir), "robust": str(robust_dir),
+                                   "mixing": mixing_of(directory)}},
         "members": [str(accurate_dir), str(robust_dir)],
     }
-    return MixedEnds(accurate, robust).to(device).eval(), state
+    return MIXINGS[mixing_of(directory)](accurate, robust).to(device).eval(), state
 
 
 def _summed(first: dict | None, second: dict | None) -> dict | None:

@@ -139,3 +139,29 @@ def test_a_broken_mixture_is_refused_in_one_line(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "'accurate' and 'robust'" in err and "lacks robust" in err and len(err.splitlines()) == 1
+
+
+def test_interpolated_ends_take_alpha_per_example_and_are_the_interpolated_network():
+    from oat.mixture import InterpolatedEnds
+
+    first, second = members(0)[0], members(1)[0]
+    model = InterpolatedEnds(first, second).eval()
+    x, alpha = torch.rand(5, 1, 8, 8), torch.tensor([0.0, 0.25, 1.0, 0.25, 0.6])
+    with torch.no_grad():
+        batch = model(x, alpha)
+        assert torch.equal(model(x, 0.0), first(x)) and torch.allclose(model(x, 1.0), second(x), atol=1e-6)
+        for i in range(5):
+            assert torch.allclose(batch[i], interpolate(first, second, float(alpha[i]))(x[i:i + 1])[0], atol=1e-5)
+    x = x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(x, alpha), torch.arange(5)), x)
+    assert grad.abs().sum() > 0  # attacks reach the input through every α's network
+
+
+def test_a_weights_mixture_directory_loads_the_interpolation(end_runs, tmp_path):
+    from oat.mixture import InterpolatedEnds
+
+    write_mixture(tmp_path / "interp", end_runs / "lambda-0", end_runs / "lambda-1", mixing="weights")
+    model, state = oat.runs.load_run(tmp_path / "interp")
+    assert isinstance(model, InterpolatedEnds) and state["model_spec"]["mixture"]["mixing"] == "weights"
+    with pytest.raises(ValueError, match="mixing must be one of"):
+        write_mixture(tmp_path / "bad", end_runs / "lambda-0", end_runs / "lambda-1", mixing="logits")
