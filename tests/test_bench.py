@@ -52,7 +52,12 @@ def test_a_bench_runs_every_model_under_both_protocols_and_reuses_them(tmp_path)
 
     again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already finished") == 6  # 3 models, the mixed end models, 2 AutoAttack evaluations
+    # 3 models, the mixed end models, 2 AutoAttack evaluations, and the interpolated end models where
+    # the barrier (at most 2 points) offered them.
+    interpolated = summary.get("interpolated_ends") is not None
+    barrier = json.loads((out / "mixed-ends" / "interpolation.json").read_text())["barrier"]
+    assert interpolated == (barrier <= 0.02 + 1e-12) and (out / "interpolated-ends").exists() == interpolated
+    assert again.stdout.count("already finished") == 6 + interpolated
 
 
 def test_a_comparison_refuses_a_mixture_of_points_it_does_not_train(tmp_path, capsys):

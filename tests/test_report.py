@@ -237,7 +237,9 @@ def test_demo_runs_end_to_end_and_reuses_finished_work(tmp_path):
     assert "## Two end models, mixed" in report and "two end models, mixed (α)" in report
     again = []
     run_demo(tmp_path, workers=1, overrides=tiny, log=again.append)
-    assert sum("already finished" in line for line in again) == 11
+    interpolated = summary.get("interpolated_ends") is not None  # offered only where the barrier ≤ 2 points
+    assert interpolated == (mixed["interpolation"]["barrier"] <= 0.02 + 1e-12)
+    assert sum("already finished" in line for line in again) == 11 + interpolated
     # A rerun under other settings never reuses the models trained under the old ones.
     with pytest.raises(ConfigError, match=r"oat in .* was trained with another config \(attack.eps: 0.2 → 0.1\) "
                                           r"\(and 9 more points\); pass --retrain-stale"):
