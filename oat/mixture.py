@@ -95,6 +95,8 @@ class InterpolatedEnds(nn.Module):
     def forward(self, x: torch.Tensor, lam=None) -> torch.Tensor:
         if lam is None:
             raise ValueError("an interpolation of two models needs its weight: model(x, alpha), alpha in [0, 1]")
+        if x.shape[0] == 0:  # an attack may be handed no examples (an earlier one broke them all)
+            return self.first(x)
         alpha = as_lambda(lam, x.shape[0], x.device)
         outputs = []
         values = torch.unique(alpha)

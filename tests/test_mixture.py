@@ -157,6 +157,19 @@ def test_interpolated_ends_take_alpha_per_example_and_are_the_interpolated_netwo
     assert grad.abs().sum() > 0  # attacks reach the input through every α's network
 
 
+def test_both_mixtures_take_an_empty_batch():
+    """An attack of a cascade may be handed no examples (an earlier one broke them all)."""
+    from oat.mixture import InterpolatedEnds
+
+    first, second = members(0)[0], members(1)[0]
+    empty = torch.rand(0, 1, 8, 8)
+    for model in (InterpolatedEnds(first, second).eval(), MixedEnds(first, second).eval()):
+        for alpha in (0.5, torch.zeros(0)):
+            assert model(empty, alpha).shape == (0, 10)
+    assert PGD(eps=0.1, steps=2)(InterpolatedEnds(first, second).eval(), empty, torch.zeros(0, dtype=torch.long),
+                                 0.5).shape == empty.shape
+
+
 def test_a_weights_mixture_directory_loads_the_interpolation(end_runs, tmp_path):
     from oat.mixture import InterpolatedEnds
 
