@@ -104,6 +104,10 @@ def model_spec(config: Config, info: datasets.DatasetInfo) -> dict:
     options = dict(config.model.options)
     if config.model.conditioned and options.get("encoding") == "categorical":
         options.setdefault("lambdas", training_lambdas(config))
+        if not options["lambdas"]:
+            raise ConfigError(f"model.options.encoding: categorical knows only a discrete set of λ values, and "
+                              f"lambdas.sampler {config.lambdas.sampler!r} draws a continuous λ; use "
+                              f"encoding: sinusoidal (or give the sampler values)")
     options.setdefault("mean", list(info.mean))
     options.setdefault("std", list(info.std))
     return {

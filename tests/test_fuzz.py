@@ -155,6 +155,9 @@ TRAIN_CASES = [
     train_set("model.options={film_widht: 8}", expect="film_widht"),
     train_set("model.options={channels: [0, 8]}", expect="channels"),
     train_set("model.options={encoding: onehot}", expect="encoding"),
+    # A continuous λ, which a categorical code cannot encode.
+    train_set("lambdas.sampler=uniform", "lambdas.params={}", "model.options={encoding: categorical}",
+              expect="model.options.encoding"),
     train_set("model.conditioned=false", "lambdas.sampler=reference", expect="model.conditioned"),
     train_set("data.options={bogus: 1}", expect="bogus"),
     train_set("data.options={test_size: 0}", expect="test_size"),
