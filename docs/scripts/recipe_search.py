@@ -17,18 +17,11 @@ the preset's eight; each λ is evaluated once and kept (``lambda-<λ>.json``), s
 is completed by evaluating only the λ it lacks. ``table`` rebuilds docs/recipe.md's table from the
 run directories.
 
-The selection rule (fixed before the runs; docs/recipe.md):
-
-1. Screen: train each candidate, evaluate it at λ = 0, 0.3 and 1. Its three points are compared with
-   the validation frontier: the λ = 0 SA deficit against the dedicated λ = 0 model (target ≤ 1 point),
-   the λ = 1 worst-case RA deficit against the dedicated λ = 1 model (target ≤ 2 points), the
-   hypervolume ratio of the three points to the frontier's six.
-2. Complete the candidates whose screening ratio is within 0.01 of the best one's (at most four):
-   evaluate them at all eight λ.
-3. The recipe is the completed candidate with the highest full validation hypervolume ratio among
-   those whose counted cost (in work when widths differ) is at most 1/3 of the frontier's. A
-   candidate that differs from the reference only by added machinery must beat the simpler one by
-   more than the half-width of the ratio's bootstrap interval, else the simpler one is kept.
+The selection rule, fixed before the runs, is docs/recipe.md's: screen each candidate at λ = 0, 0.3
+and 1; round 1 changes one lever at a time, round 2 combines the best sampler with the levers that
+raised the screening ratio by more than 0.01, at the longest length within a third of the
+frontier's cost; complete the best screens at all eight λ; choose the highest full validation
+ratio within that cost, the simpler candidate where another is within 0.01 of it.
 """
 
 from __future__ import annotations
