@@ -113,7 +113,7 @@ def test_a_monitored_run_logs_validations_and_the_summary(tmp_path, capsys):
     assert [("validation" in r) for r in records] == [False, True, True]  # every 2 epochs, and the last
     validation = records[1]["validation"]
     assert validation["split"] == "validation" and validation["n"] == 60
-    assert [p["lambda"] for p in validation["points"]] == [0.0, 0.25, 1.0]
+    assert [p["lambda"] for p in validation["points"]] == [0.0, 0.5, 1.0]  # the config's sampler is continuous
     for point in validation["points"]:
         assert set(point["robust"]) == {"pgd-3", "apgd-ce"} and point["fosc"]["mean"] >= 0
     steps = len(datasets.load("digits", validation_size=200).train) // 64
