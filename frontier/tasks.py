@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from oat.config import Config, ConfigError, config_differences
+from oat.distributed import set_threads
 from oat.experiment import check
 from oat.lock import RunLock
 from oat.protocol import Protocol
@@ -162,8 +163,10 @@ def run_one(task: Task, retrain_stale: bool = False, wait: bool = True) -> str:
 def _job(job: tuple):
     """One job in a worker process: ``whole`` (train and evaluate), ``train``, or ``eval`` (one λ)."""
     kind, task, lam, threads, retrain_stale, wait = job
-    if threads:  # read by the trainer and evaluation (oat.distributed.set_threads)
+    if threads:  # this worker's share of the cores, for every job it runs: a worker whose first job is
+        # an evaluation (a mixture, a model trained earlier) never passes through the trainer's call
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        set_threads(threads)
     started = time.perf_counter()
     if kind == "eval":
         outcome = _evaluate(task, [lam])

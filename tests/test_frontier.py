@@ -205,3 +205,23 @@ def test_an_oat_models_lambdas_are_evaluated_in_parallel_jobs_and_merged_exactly
     again = []
     run_tasks([task], workers=2, log=again.append)
     assert len(again) == 1 and again[0].startswith("  oat: already finished")
+
+
+def test_a_worker_job_takes_its_share_of_the_threads_whatever_it_runs(monkeypatch):
+    """A pool worker whose first job is an evaluation (the mixed ends, a model trained earlier)
+    never passes through the trainer: with torch's default threads, two such workers on two cores
+    fought over them (the demo's mixed-ends evaluation took 964 s of work instead of ~20)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from oat.frontier import tasks
+
+    monkeypatch.setattr(tasks, "_evaluate", lambda task, lambdas: torch.get_num_threads())
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert tasks._job(("eval", SimpleNamespace(name="t"), 0.0, 1, False, True))[-1] == 1
+    finally:
+        torch.set_num_threads(before)
