@@ -68,6 +68,8 @@ def _survivors(spec: AttackSpec, model: nn.Module, x_all: torch.Tensor, y_all: t
         robust = torch.ones_like(yb, dtype=torch.bool)
         for part in attack:  # "apgd": APGD-T only on what APGD-CE left, as AutoAttack runs them
             keep = robust.nonzero().squeeze(1)
+            if keep.numel() == 0:  # an earlier part broke every example: nothing left to attack
+                break
             lk = lb[keep.cpu()] if isinstance(lb, torch.Tensor) else lb
             x_adv = part(model, xb[keep], yb[keep], lk, example_ids=ids[chunk][keep.cpu()])
             with torch.no_grad():
