@@ -34,7 +34,7 @@ from .mixed import read_interpolation, write_interpolation
 from .plot import plot
 from .report import find_results, write_report
 from .sweep import FixedLambdaSweep, SweepConfig, TradesSweep, make_points, point_tasks, write_frontier
-from .tasks import Task, run_tasks
+from .tasks import FollowUp, Task, run_tasks
 
 
 @dataclass
@@ -131,13 +131,14 @@ def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int =
     second = autoattack_tasks(comparison.autoattack, tasks, lambdas) if comparison.autoattack else []
     stage = mixed_stage(comparison.mixed_ends, tasks)
     mixed = mixed_task(stage, tasks, out, base, protocol, lambdas) if stage else None
-    run_tasks(tasks, workers, log, retrain_stale)
-    write_frontier(out / "frontier", points, protocol)
+    # The mixture and the AutoAttack evaluations join the pool as soon as their models are trained
+    # and evaluated, filling the workers the longest models leave idle.
+    follow_ups = [FollowUp(frozenset({t.name}), lambda t=t: [t]) for t in second]
     if mixed:
-        interpolated = prepare_mixture(mixed, stage, tasks)
-        run_tasks([mixed] + ([interpolated] if interpolated else []), workers, log, retrain_stale)
-    if second:
-        run_tasks(second, workers, log, retrain_stale)
+        follow_ups.append(FollowUp(frozenset({stage.accurate, stage.robust}),
+                                   lambda: [mixed] + [t for t in [prepare_mixture(mixed, stage, tasks)] if t]))
+    run_tasks(tasks, workers, log, retrain_stale, follow_ups)
+    write_frontier(out / "frontier", points, protocol)
 
     found = find_results([out])
     eps = common_protocol(found.protocols).get("eps")  # the radius every model was evaluated at

@@ -8,6 +8,8 @@ trained by one job and then evaluated by one job per λ, so its evaluation sprea
 workers instead of keeping one busy for as long as all the others together; each λ's evaluation
 is independent of the others (every attack draws an example's random start from the example
 itself), so the merged ``eval.json`` is exactly what one process evaluating every λ would write.
+A :class:`FollowUp` adds tasks that can only be made once others are up to date (the mixture of
+two trained end models, a second protocol): they join the same pool the moment they can.
 
 Training takes the run directory's lock (:class:`oat.lock.RunLock`): a second process sweeping
 the same directory skips the runs another holds and waits for them at the end, so every run is
@@ -23,6 +25,7 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from oat.config import Config, ConfigError, config_differences
 from oat.distributed import set_threads
@@ -161,8 +164,9 @@ def run_one(task: Task, retrain_stale: bool = False, wait: bool = True) -> str:
 
 
 def _job(job: tuple):
-    """One job in a worker process: ``whole`` (train and evaluate), ``train``, or ``eval`` (one λ)."""
-    kind, task, lam, threads, retrain_stale, wait = job
+    """One job in a worker process: ``whole`` (train and evaluate), ``train``, or ``eval`` (one λ).
+    ``index`` is the task's place in the scheduler's list, handed back with the outcome."""
+    kind, index, task, lam, threads, retrain_stale, wait = job
     if threads:  # this worker's share of the cores, for every job it runs: a worker whose first job is
         # an evaluation (a mixture, a model trained earlier) never passes through the trainer's call
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -174,79 +178,128 @@ def _job(job: tuple):
         outcome = _train_job(task, retrain_stale, wait)
     else:
         outcome = run_one(task, retrain_stale, wait)
-    return kind, task.name, lam, time.perf_counter() - started, outcome
+    return kind, index, lam, time.perf_counter() - started, outcome
 
 
-def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: bool = False) -> None:
-    """Bring every task up to date, ``workers`` processes at a time (see the module docstring).
+@dataclass(frozen=True)
+class FollowUp:
+    """More tasks, known only once the tasks named in ``after`` are up to date (a mixture of two
+    trained models, a second protocol on a trained model): ``make()``, called in the scheduling
+    process at that moment, returns them. They join the same pool, so they fill the workers that
+    the longest models' last jobs leave idle instead of waiting for every model to finish."""
+
+    after: frozenset[str]
+    make: Callable[[], list[Task]]
+
+
+def run_tasks(tasks: list[Task], workers: int = 1, log=print, retrain_stale: bool = False,
+              follow_ups: list[FollowUp] = ()) -> None:
+    """Bring every task up to date, ``workers`` processes at a time (see the module docstring),
+    and each of ``follow_ups``' tasks as soon as the tasks it waits for are.
 
     Each worker process gets an equal share of the CPU threads, so parallel runs don't fight
     over cores. A task whose lock another process holds is skipped at first and waited for at the
     end, when it is usually finished and only read."""
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    unknown = {name for f in follow_ups for name in f.after} - {t.name for t in tasks}
+    if unknown:
+        raise ValueError(f"follow-ups wait for tasks that are not run: {sorted(unknown)}")
     check_tasks(tasks, retrain_stale)
-    if workers == 1 or len(tasks) == 1 and len(tasks[0].lambdas) == 1:
-        held = _in_process(tasks, retrain_stale, log, wait=False)
-        _in_process(held, retrain_stale, log, wait=True)
-        return
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    held = _schedule(tasks, workers, threads, retrain_stale, log, wait=False)
-    if held:
-        _schedule(held, workers, threads, retrain_stale, log, wait=True)
+    schedule = _Schedule(tasks, follow_ups, retrain_stale, log)
+    if workers == 1 or len(tasks) == 1 and len(tasks[0].lambdas) == 1 and not follow_ups:
+        schedule.in_process(wait=False)
+        schedule.in_process(wait=True)
+    else:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        schedule.in_pool(workers, threads, wait=False)
+        schedule.in_pool(workers, threads, wait=True)
 
 
-def _in_process(tasks: list[Task], retrain_stale: bool, log, wait: bool) -> list[Task]:
-    """Run each task whole in this process; returns those whose lock another process held."""
-    held = []
-    for task in tasks:
-        _, name, _, seconds, status = _job(("whole", task, None, None, retrain_stale, wait))
+class _Schedule:
+    """The tasks of one :func:`run_tasks` call: which are queued, which finished, which another
+    process held (run again, waiting for the lock, in a second pass), which follow-ups wait."""
+
+    def __init__(self, tasks: list[Task], follow_ups, retrain_stale: bool, log):
+        self.tasks, self.waiting, self.retrain_stale, self.log = list(tasks), list(follow_ups), retrain_stale, log
+        self.queued = list(range(len(self.tasks)))  # task indices not yet started in this pass
+        self.finished: set[str] = set()
+        self.held: list[int] = []
+
+    def _finish(self, index: int) -> None:
+        """Mark a task up to date and queue the follow-ups it completes."""
+        self.finished.add(self.tasks[index].name)
+        ready = [f for f in self.waiting if f.after <= self.finished]
+        self.waiting = [f for f in self.waiting if not f.after <= self.finished]
+        for follow_up in ready:
+            new = follow_up.make()
+            check_tasks(new, self.retrain_stale)
+            self.queued += range(len(self.tasks), len(self.tasks) + len(new))
+            self.tasks += new
+
+    def _outcome_of(self, index: int, seconds: float, status: str) -> None:
         if status.startswith("held"):
-            held.append(task)
-        _report(log, name, seconds, status)
-    return held
+            self.held.append(index)
+        else:
+            self._finish(index)
+        _report(self.log, self.tasks[index].name, seconds, status)
 
+    def _next_pass(self, wait: bool) -> bool:
+        """Start a pass: in the waiting pass, only the tasks another process held."""
+        if wait:
+            self.queued, self.held = self.held, []
+        return bool(self.queued)
 
-def _schedule(tasks: list[Task], workers: int, threads: int, retrain_stale: bool, log, wait: bool) -> list[Task]:
-    """Run the tasks' jobs in a pool of ``workers`` processes, an evaluation job as soon as its
-    model is trained (ahead of the waiting training jobs: it finishes a model); returns the tasks
-    whose lock another process held."""
-    by_name = {task.name: task for task in tasks}
-    pending = deque(("train" if len(t.lambdas) > 1 else "whole", t, None) for t in tasks)
-    parts: dict[str, dict] = {}
-    trained: dict[str, tuple[str, float]] = {}
-    held, done = [], queue.SimpleQueue()
-    in_flight = 0
-    jobs = sum(len(t.lambdas) for t in tasks)  # at most this many jobs can run at once
-    with multiprocessing.get_context("spawn").Pool(min(workers, jobs)) as pool:
-        while pending or in_flight:
-            while pending and in_flight < workers:
-                kind, task, lam = pending.popleft()
-                pool.apply_async(_job, ((kind, task, lam, threads, retrain_stale, wait),),
-                                 callback=done.put, error_callback=done.put)
-                in_flight += 1
-            outcome = done.get()
-            in_flight -= 1
-            if isinstance(outcome, BaseException):
-                raise outcome
-            kind, name, lam, seconds, result = outcome
-            task = by_name[name]
-            if kind == "eval":
-                parts.setdefault(name, {})[lam] = result
-                if len(parts[name]) == len(task.lambdas):
-                    _write_result(task, merge_results([parts[name][v] for v in task.lambdas]))
-                    status, train_seconds = trained[name]
-                    _report(log, name, train_seconds + sum(p["seconds"] for p in parts[name].values()), status,
-                            parts=len(task.lambdas))
-            elif result.startswith("held"):
-                held.append(task)
-                _report(log, name, seconds, result)
-            elif kind == "train" and result != "done":
-                trained[name] = (result, seconds)
-                pending.extendleft(("eval", task, v) for v in reversed(task.lambdas))
-            else:
-                _report(log, name, seconds, result)
-    return held
+    def in_process(self, wait: bool) -> None:
+        """Run each queued task whole in this process, in order."""
+        if not self._next_pass(wait):
+            return
+        while self.queued:
+            index = self.queued.pop(0)
+            _, _, _, seconds, status = _job(("whole", index, self.tasks[index], None, None, self.retrain_stale, wait))
+            self._outcome_of(index, seconds, status)
+
+    def in_pool(self, workers: int, threads: int, wait: bool) -> None:
+        """Run the queued tasks' jobs in a pool of ``workers`` processes, an evaluation job as soon
+        as its model is trained (ahead of the waiting training jobs: it finishes a model)."""
+        if not self._next_pass(wait):
+            return
+        pending = deque(self._first_job(i) for i in self.queued)
+        self.queued = []
+        parts: dict[int, dict] = {}
+        trained: dict[int, tuple[str, float]] = {}
+        done, in_flight = queue.SimpleQueue(), 0
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            while pending or in_flight:
+                while pending and in_flight < workers:
+                    kind, index, lam = pending.popleft()
+                    pool.apply_async(_job, ((kind, index, self.tasks[index], lam, threads, self.retrain_stale, wait),),
+                                     callback=done.put, error_callback=done.put)
+                    in_flight += 1
+                outcome = done.get()
+                in_flight -= 1
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                kind, index, lam, seconds, result = outcome
+                task = self.tasks[index]
+                if kind == "eval":
+                    parts.setdefault(index, {})[lam] = result
+                    if len(parts[index]) == len(task.lambdas):
+                        _write_result(task, merge_results([parts[index][v] for v in task.lambdas]))
+                        status, train_seconds = trained[index]
+                        self._finish(index)
+                        _report(self.log, task.name, train_seconds + sum(p["seconds"] for p in parts[index].values()),
+                                status, parts=len(task.lambdas))
+                elif kind == "train" and result != "done" and not result.startswith("held"):
+                    trained[index] = (result, seconds)
+                    pending.extendleft(("eval", index, v) for v in reversed(task.lambdas))
+                else:
+                    self._outcome_of(index, seconds, result)
+                pending.extend(self._first_job(i) for i in self.queued)  # follow-ups just released
+                self.queued = []
+
+    def _first_job(self, index: int) -> tuple:
+        return ("train" if len(self.tasks[index].lambdas) > 1 else "whole", index, None)
 
 
 def _report(log, name: str, seconds: float, status: str, parts: int = 1) -> None:

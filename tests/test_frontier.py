@@ -222,6 +222,33 @@ def test_a_worker_job_takes_its_share_of_the_threads_whatever_it_runs(monkeypatc
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert tasks._job(("eval", SimpleNamespace(name="t"), 0.0, 1, False, True))[-1] == 1
+        assert tasks._job(("eval", 0, SimpleNamespace(name="t"), 0.0, 1, False, True))[-1] == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_follow_up_joins_the_pool_as_soon_as_the_tasks_it_waits_for_are_done(tmp_path):
+    """A mixture or a second protocol waits only for its own models: with two workers it runs
+    beside a longer model still training (the Fashion-MNIST bench left one core idle for a quarter
+    of an hour while its last model trained and the mixed ends waited). Every task runs once."""
+    from oat.config import load_config
+    from oat.frontier.tasks import FollowUp, Task, run_tasks
+    from oat.protocol import Protocol
+
+    def config(epochs, steps):
+        return load_config(ROOT / "configs" / "digits_oat.yaml", [f"train.epochs={epochs}", f"attack.steps={steps}"])
+
+    protocol = Protocol(("fgsm",), None, 40, 0, cascade=True)
+    long = Task("long", str(tmp_path / "long"), config(10, 3), protocol, (0.0,))
+    short = Task("short", str(tmp_path / "short"), config(1, 1), protocol, (0.0,))
+    second = Task("short-again", short.run_dir, short.config, Protocol(("pgd-2",), None, 40, 0, cascade=True),
+                  (0.0, 1.0), "second.json")
+    made = []
+    log = []
+    run_tasks([long, short], workers=2, log=log.append,
+              follow_ups=[FollowUp(frozenset({"short"}), lambda: made.append(1) or [second])])
+    assert made == [1]
+    assert [line.split(":")[0].strip() for line in log] == ["short", "short-again", "long"]
+    assert [p["lambda"] for p in json.loads((tmp_path / "short" / "second.json").read_text())["points"]] == [0.0, 1.0]
+    with pytest.raises(ValueError, match="not run: \\['missing'\\]"):
+        run_tasks([short], follow_ups=[FollowUp(frozenset({"missing"}), lambda: [])])
