@@ -135,8 +135,11 @@ def run_comparison(comparison: ComparisonConfig, out: str | Path, workers: int =
     # and evaluated, filling the workers the longest models leave idle.
     follow_ups = [FollowUp(frozenset({t.name}), lambda t=t: [t]) for t in second]
     if mixed:
-        follow_ups.append(FollowUp(frozenset({stage.accurate, stage.robust}),
-                                   lambda: [mixed] + [t for t in [prepare_mixture(mixed, stage, tasks)] if t]))
+        def mixtures() -> list[Task]:  # the mixture, and the interpolation where its barrier allows
+            interpolated = prepare_mixture(mixed, stage, tasks)
+            return [mixed] + ([interpolated] if interpolated else [])
+
+        follow_ups.append(FollowUp(frozenset({stage.accurate, stage.robust}), mixtures))
     run_tasks(tasks, workers, log, retrain_stale, follow_ups)
     write_frontier(out / "frontier", points, protocol)
 

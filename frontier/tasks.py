@@ -264,12 +264,14 @@ class _Schedule:
         as its model is trained (ahead of the waiting training jobs: it finishes a model)."""
         if not self._next_pass(wait):
             return
-        pending = deque(self._first_job(i) for i in self.queued)
-        self.queued = []
+        pending_tasks, self.queued = self.queued, []
+        pending = deque(self._first_job(i) for i in pending_tasks)
         parts: dict[int, dict] = {}
         trained: dict[int, tuple[str, float]] = {}
         done, in_flight = queue.SimpleQueue(), 0
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+        # No more processes than jobs can run at once (unknown while follow-ups may still come).
+        size = workers if self.waiting else min(workers, sum(len(self.tasks[i].lambdas) for i in pending_tasks))
+        with multiprocessing.get_context("spawn").Pool(size) as pool:
             while pending or in_flight:
                 while pending and in_flight < workers:
                     kind, index, lam = pending.popleft()
